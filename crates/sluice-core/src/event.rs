@@ -1,0 +1,114 @@
+//! The canonical event: the one shape every request is turned into, written to the log as JSON
+//! (see `docs/log-format.md`) and stored by the warehouse.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The Segment call types, which are also sluice's event kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Track,
+    Identify,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Track,
+        EventKind::Identify,
+        EventKind::Page,
+        EventKind::Screen,
+        EventKind::Group,
+        EventKind::Alias,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Track => "track",
+            EventKind::Identify => "identify",
+            EventKind::Page => "page",
+            EventKind::Screen => "screen",
+            EventKind::Group => "group",
+            EventKind::Alias => "alias",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One analytics event after parsing, validation and clock-skew correction.
+///
+/// Field names are the log's wire format; adding an optional field is compatible, renaming one is
+/// not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Client `messageId` (≤ 100 chars), or a generated UUIDv7.
+    pub event_id: String,
+    /// The source the write key belongs to.
+    pub source: String,
+    pub kind: EventKind,
+    /// Event name for `track`, page/screen name for `page`/`screen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    /// `group` calls only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// `alias` calls only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_id: Option<String>,
+    /// Event time after clock-skew correction.
+    pub timestamp: DateTime<Utc>,
+    /// The client's own `timestamp`, uncorrected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_timestamp: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    #[serde(default)]
+    pub traits: Map<String, Value>,
+    #[serde(default)]
+    pub context: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub integrations: Map<String, Value>,
+}
+
+impl Event {
+    /// The key that identifies the person behind the event: `user_id`, else `anonymous_id`.
+    pub fn user_key(&self) -> Option<&str> {
+        self.user_id.as_deref().or(self.anonymous_id.as_deref())
+    }
+
+    /// The IP the event came from: `context.ip` (set at ingest from the client address when the
+    /// client did not send one).
+    pub fn ip(&self) -> Option<&str> {
+        self.context.get("ip").and_then(Value::as_str)
+    }
+
+    /// Serialize for the log. Serializing this type cannot fail (string keys, finite numbers).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Event, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
