@@ -55,3 +55,10 @@ pub fn key_hint(key: &str) -> String {
     let shown: String = key.chars().take(9).collect();
     format!("{shown}…")
 }
+
+/// The stored form of a key: hex SHA-256. Keys are long random strings, so a plain hash is enough
+/// (no password stretching needed), and it lets the API look keys up by hash.
+pub fn hash_key(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
