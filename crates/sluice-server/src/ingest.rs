@@ -1,0 +1,154 @@
+//! Ingest routes: Segment's HTTP Tracking API, the replaced system's `/track`, and the native
+//! `/v1/events`. Each request is authenticated, decoded, validated, appended to the log, and
+//! answered only after the log acknowledged the append.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sluice_core::keys::KeyKind;
+use sluice_core::log::Record;
+use sluice_core::parse::{self, Rejection, Shape};
+use sluice_core::{shard, EventKind};
+
+use crate::auth::{authorize, key_from_headers};
+use crate::body::{decode, media_type, read_capped, MediaType};
+use crate::error::ApiError;
+use crate::AppState;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct KeyQuery {
+    #[serde(rename = "writeKey")]
+    write_key: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    success: bool,
+    accepted: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rejected: Vec<Rejection>,
+}
+
+/// Where the request came from, for `context.ip`: the peer address, or the first
+/// `X-Forwarded-For` hop when the server is configured to trust its proxy.
+fn client_ip(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
+    if state.config.trust_forwarded_for {
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            return Some(ip.to_string());
+        }
+    }
+    peer.map(|p| p.ip().to_string())
+}
+
+async fn ingest(
+    state: AppState,
+    shape: Shape,
+    peer: Option<SocketAddr>,
+    query_key: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limits = &state.config.limits;
+    let media = media_type(&headers)?;
+    let shape = match (shape, media) {
+        (Shape::NativeArray, MediaType::Ndjson) => Shape::NativeNdjson,
+        (Shape::NativeArray, MediaType::Json) => Shape::NativeArray,
+        (other, MediaType::Json) => other,
+        (_, MediaType::Ndjson) => {
+            return Err(ApiError::UnsupportedMediaType("NDJSON is accepted only by /v1/events".into()))
+        }
+    };
+    // A key in the headers or URL is checked before the body is even read.
+    let header_key = key_from_headers(&headers).or(query_key);
+    let early = match &header_key {
+        Some(k) => Some(authorize(&state.keys, Some(k), KeyKind::Write)?),
+        None => None,
+    };
+    let raw = read_capped(body, limits.max_body_bytes).await?;
+    let decoded = decode(&headers, raw, limits.max_body_bytes)?;
+    let parsed = parse::parse_body(shape, &decoded, limits).map_err(ApiError::Invalid)?;
+    let principal = match early {
+        Some(p) => p,
+        None => authorize(&state.keys, parsed.write_key.as_deref(), KeyKind::Write)?,
+    };
+    let ip = client_ip(&state, &headers, peer);
+    let ctx = parse::Context {
+        source: &principal.source,
+        received_at: chrono::Utc::now(),
+        client_ip: ip.as_deref(),
+        limits,
+    };
+    let outcome = parse::build_events(&parsed, &ctx);
+    if outcome.accepted.is_empty() {
+        return Err(ApiError::Invalid(outcome.problems()));
+    }
+    let shards = state.log.shards();
+    let records: Vec<Record> = outcome
+        .accepted
+        .iter()
+        .map(|e| Record { shard: shard::shard_of(e, shards), payload: e.to_json().into() })
+        .collect();
+    let accepted = records.len();
+    state.log.append(records).await?;
+    Ok(Json(Accepted { success: true, accepted, rejected: outcome.rejected }).into_response())
+}
+
+macro_rules! segment_route {
+    ($name:ident, $kind:expr) => {
+        pub async fn $name(
+            State(state): State<AppState>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Result<Response, ApiError> {
+            ingest(state, Shape::SegmentSingle($kind), Some(peer), None, headers, body).await
+        }
+    };
+}
+
+segment_route!(track, EventKind::Track);
+segment_route!(identify, EventKind::Identify);
+segment_route!(page, EventKind::Page);
+segment_route!(screen, EventKind::Screen);
+segment_route!(group, EventKind::Group);
+segment_route!(alias, EventKind::Alias);
+
+pub async fn batch(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest(state, Shape::SegmentBatch, Some(peer), None, headers, body).await
+}
+
+pub async fn native(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest(state, Shape::NativeArray, Some(peer), None, headers, body).await
+}
+
+/// The replaced system's route; its clients only change the URL (adding `?writeKey=`).
+pub async fn legacy_track(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<KeyQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest(state, Shape::Legacy, Some(peer), q.write_key, headers, body).await
+}
