@@ -95,7 +95,10 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<String> {
         return (!rest.is_empty()).then(|| rest.to_string());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64_decode(rest)?;
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(rest.trim_end_matches('='))
+            .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
         return (!user.is_empty()).then(|| user.to_string());
@@ -118,38 +121,6 @@ pub fn authorize(cache: &KeyCache, key: Option<&str>, needed: KeyKind) -> Result
         return Err(ApiError::Forbidden(format!("a {} key cannot be used here; use a {} key", principal.kind.as_str(), needed.as_str())));
     }
     Ok(principal)
-}
-
-/// Standard base64 (with or without padding), for HTTP Basic credentials.
-fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' | b'-' => Some(62),
-            b'/' | b'_' => Some(63),
-            _ => None,
-        }
-    }
-    let bytes: Vec<u8> = input.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let n = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        for i in 0..n {
-            out.push((acc >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

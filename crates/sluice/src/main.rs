@@ -1,1 +1,69 @@
-fn main() {}
+//! The `sluice` binary: command line, configuration, wiring of backends by URL, and the load
+//! generator. Every flag has a `SLUICE_…` environment variable.
+
+mod backends;
+mod commands;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "High-throughput analytics event pipeline", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ingest API (and the warehouse worker) in one process.
+    Serve(commands::serve::ServeArgs),
+    /// Run the ingest API alone (scale out: any number against one log and one store).
+    Api(commands::serve::ApiArgs),
+    /// Apply the warehouse migrations and exit.
+    Migrate(commands::keys::StoreArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
+    /// Send one test event and print the response.
+    Send(commands::send::SendArgs),
+    /// Load generator against a running API; prints a JSON summary.
+    Bench(commands::bench::BenchArgs),
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => commands::serve::serve(args).await,
+            Command::Api(args) => commands::serve::api(args).await,
+            Command::Migrate(args) => commands::keys::migrate(args).await,
+            Command::Keys(cmd) => commands::keys::run(cmd).await,
+            Command::Send(args) => commands::send::run(args).await,
+            Command::Bench(args) => commands::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod keys;
+pub mod send;
+pub mod serve;

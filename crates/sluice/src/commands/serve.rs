@@ -1,0 +1,102 @@
+//! `sluice api` (the ingest API alone) and `sluice serve` (API and processors in one process).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use sluice_core::Limits;
+use sluice_server::{AppState, KeyCache, ServerConfig};
+use tokio::net::TcpListener;
+
+use crate::backends::{open_log, open_store, LogArgs, StoreUrlArgs};
+use crate::shutdown;
+
+/// How often the API reloads keys: new and revoked keys take effect within this.
+const KEY_REFRESH: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub store: StoreUrlArgs,
+    /// Origins allowed by CORS (comma-separated; default any).
+    #[arg(long, env = "SLUICE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Take the client address from X-Forwarded-For (only behind a trusted proxy).
+    #[arg(long, env = "SLUICE_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Largest request body after decompression, bytes.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Largest event, bytes.
+    #[arg(long, env = "SLUICE_MAX_EVENT_BYTES", default_value_t = Limits::default().max_event_bytes)]
+    pub max_event_bytes: usize,
+    /// Most events per request.
+    #[arg(long, env = "SLUICE_MAX_BATCH_EVENTS", default_value_t = Limits::default().max_batch_events)]
+    pub max_batch_events: usize,
+}
+
+pub type ServeArgs = ApiArgs;
+
+impl ApiArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_event_bytes: self.max_event_bytes,
+            max_batch_events: self.max_batch_events,
+            ..Limits::default()
+        }
+    }
+}
+
+/// Run the API until SIGINT/SIGTERM.
+pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signals();
+    let store = open_store(&args.store).await?.into_warehouse();
+    let log = open_log(&args.log, &["warehouse"]).await?;
+    let keys = Arc::new(KeyCache::default());
+    let n = keys.refresh(store.as_ref()).await.context("loading API keys")?;
+    if n == 0 {
+        tracing::warn!("no active write key yet: create one with `sluice keys create --source NAME --kind write`");
+    }
+    tokio::spawn(keys.clone().refresh_loop(store.clone(), KEY_REFRESH, shutdown.clone().wait()));
+    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, log = %redact(&args.log.url), store = %redact(&args.store.url), "sluice API listening");
+    println!("sluice API listening on http://{addr}");
+    let state = AppState {
+        log,
+        keys,
+        config: Arc::new(ServerConfig {
+            limits: args.limits(),
+            cors_origins: args.cors_origins.clone(),
+            trust_forwarded_for: args.trust_forwarded_for,
+        }),
+    };
+    sluice_server::serve(listener, state, shutdown.wait()).await.context("HTTP server failed")?;
+    Ok(())
+}
+
+/// Run the API and the processors in one process.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    api(args).await
+}
+
+/// A URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
