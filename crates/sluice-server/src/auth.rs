@@ -42,7 +42,13 @@ impl KeyCache {
             .into_iter()
             .filter(|r| r.revoked_at.is_none())
             .map(|r| {
-                let key = CachedKey { hash: r.hash.clone(), principal: Principal { source: r.source, kind: r.kind } };
+                let key = CachedKey {
+                    hash: r.hash.clone(),
+                    principal: Principal {
+                        source: r.source,
+                        kind: r.kind,
+                    },
+                };
                 (r.hash, key)
             })
             .collect();
@@ -107,7 +113,11 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Check a presented key for the needed kind.
-pub fn authorize(cache: &KeyCache, key: Option<&str>, needed: KeyKind) -> Result<Principal, ApiError> {
+pub fn authorize(
+    cache: &KeyCache,
+    key: Option<&str>,
+    needed: KeyKind,
+) -> Result<Principal, ApiError> {
     let Some(key) = key else {
         return Err(ApiError::Unauthorized(match needed {
             KeyKind::Write => "a write key is required: HTTP Basic username, Authorization: Bearer, or writeKey in the body".into(),
@@ -118,7 +128,11 @@ pub fn authorize(cache: &KeyCache, key: Option<&str>, needed: KeyKind) -> Result
         return Err(ApiError::Unauthorized("unknown or revoked key".into()));
     };
     if principal.kind != needed {
-        return Err(ApiError::Forbidden(format!("a {} key cannot be used here; use a {} key", principal.kind.as_str(), needed.as_str())));
+        return Err(ApiError::Forbidden(format!(
+            "a {} key cannot be used here; use a {} key",
+            principal.kind.as_str(),
+            needed.as_str()
+        )));
     }
     Ok(principal)
 }
@@ -132,16 +146,25 @@ mod tests {
     fn basic_username_is_the_key() {
         let mut h = HeaderMap::new();
         // "sk_w_abc:" in base64
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic c2tfd19hYmM6"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic c2tfd19hYmM6"),
+        );
         assert_eq!(key_from_headers(&h).as_deref(), Some("sk_w_abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic c2tfd19hYmM"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic c2tfd19hYmM"),
+        );
         assert_eq!(key_from_headers(&h).as_deref(), Some("sk_w_abc"));
     }
 
     #[test]
     fn bearer_and_garbage() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk_r_x"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk_r_x"),
+        );
         assert_eq!(key_from_headers(&h).as_deref(), Some("sk_r_x"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
         assert_eq!(key_from_headers(&h), None);

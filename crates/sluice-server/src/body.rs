@@ -53,7 +53,9 @@ fn inflate(reader: impl Read, limit: usize, name: &str) -> Result<Bytes, ApiErro
         .read_to_end(&mut out)
         .map_err(|e| ApiError::invalid("", format!("invalid {name} body: {e}")))?;
     if read > limit {
-        return Err(ApiError::PayloadTooLarge(format!("request body over {limit} bytes after decompression")));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "request body over {limit} bytes after decompression"
+        )));
     }
     Ok(Bytes::from(out))
 }

@@ -27,7 +27,10 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{message}")]
-    Unavailable { message: String, retry_after: Duration },
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
 }
 
 #[derive(Serialize)]
@@ -74,8 +77,13 @@ impl ApiError {
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> ApiError {
         match e {
-            LogError::Overloaded { backlog, retry_after } => ApiError::Unavailable {
-                message: format!("ingestion is backlogged ({backlog} events not yet processed); retry later"),
+            LogError::Overloaded {
+                backlog,
+                retry_after,
+            } => ApiError::Unavailable {
+                message: format!(
+                    "ingestion is backlogged ({backlog} events not yet processed); retry later"
+                ),
                 retry_after,
             },
             LogError::Unavailable(m) => ApiError::Unavailable {
@@ -109,7 +117,12 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(p) => p,
             _ => &[],
         };
-        let body = ErrorBody { success: false, error: self.code(), message, errors: problems };
+        let body = ErrorBody {
+            success: false,
+            error: self.code(),
+            message,
+            errors: problems,
+        };
         let mut response = (status, Json(body)).into_response();
         if let ApiError::Unavailable { retry_after, .. } = &self {
             let secs = retry_after.as_secs().max(1);
@@ -118,9 +131,10 @@ impl IntoResponse for ApiError {
             }
         }
         if let ApiError::Unauthorized(_) = &self {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"sluice\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"sluice\""),
+            );
         }
         response
     }

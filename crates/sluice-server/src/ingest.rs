@@ -66,7 +66,9 @@ async fn ingest(
         (Shape::NativeArray, MediaType::Json) => Shape::NativeArray,
         (other, MediaType::Json) => other,
         (_, MediaType::Ndjson) => {
-            return Err(ApiError::UnsupportedMediaType("NDJSON is accepted only by /v1/events".into()))
+            return Err(ApiError::UnsupportedMediaType(
+                "NDJSON is accepted only by /v1/events".into(),
+            ))
         }
     };
     // A key in the headers or URL is checked before the body is even read.
@@ -97,11 +99,19 @@ async fn ingest(
     let records: Vec<Record> = outcome
         .accepted
         .iter()
-        .map(|e| Record { shard: shard::shard_of(e, shards), payload: e.to_json().into() })
+        .map(|e| Record {
+            shard: shard::shard_of(e, shards),
+            payload: e.to_json().into(),
+        })
         .collect();
     let accepted = records.len();
     state.log.append(records).await?;
-    Ok(Json(Accepted { success: true, accepted, rejected: outcome.rejected }).into_response())
+    Ok(Json(Accepted {
+        success: true,
+        accepted,
+        rejected: outcome.rejected,
+    })
+    .into_response())
 }
 
 macro_rules! segment_route {
@@ -112,7 +122,15 @@ macro_rules! segment_route {
             headers: HeaderMap,
             body: Body,
         ) -> Result<Response, ApiError> {
-            ingest(state, Shape::SegmentSingle($kind), Some(peer), None, headers, body).await
+            ingest(
+                state,
+                Shape::SegmentSingle($kind),
+                Some(peer),
+                None,
+                headers,
+                body,
+            )
+            .await
         }
     };
 }

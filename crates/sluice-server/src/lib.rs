@@ -37,7 +37,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { limits: Limits::default(), cors_origins: Vec::new(), trust_forwarded_for: false }
+        ServerConfig {
+            limits: Limits::default(),
+            cors_origins: Vec::new(),
+            trust_forwarded_for: false,
+        }
     }
 }
 
@@ -56,7 +60,11 @@ fn cors(config: &ServerConfig) -> CorsLayer {
         .filter(|o| o.as_str() != "*")
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
-    let allow = if origins.is_empty() { AllowOrigin::any() } else { AllowOrigin::list(origins) };
+    let allow = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
@@ -105,5 +113,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -1,1 +1,12 @@
-//! placeholder
+//! sluice-worker: the consumer runtime every processor runs on, and the processors.
+//!
+//! - [`runtime`]: read a batch from a consumer group (size and max wait bounded), decode it,
+//!   dead-letter poison entries, hand it to a [`Processor`], and acknowledge only after the
+//!   processor committed; resume own pending entries at start, claim those of dead consumers,
+//!   trim what every group has processed, stop cleanly on shutdown.
+//! - [`warehouse`]: the exactly-once warehouse processor.
+
+pub mod runtime;
+pub mod warehouse;
+
+pub use runtime::{ConsumerConfig, ProcessError, Processor, Worker, WorkerStats};

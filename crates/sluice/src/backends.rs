@@ -15,7 +15,11 @@ use sluice_stream::redis::{RedisLog, RedisLogConfig};
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
     /// Event log URL: redis://HOST:PORT/DB (query options: prefix, shards).
-    #[arg(long = "log", env = "SLUICE_LOG_URL", default_value = "redis://127.0.0.1:6379/0")]
+    #[arg(
+        long = "log",
+        env = "SLUICE_LOG_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
     pub url: String,
     /// Key prefix of the Redis streams.
     #[arg(long, env = "SLUICE_LOG_PREFIX")]
@@ -36,7 +40,11 @@ pub struct LogArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreUrlArgs {
     /// Warehouse URL: postgres://USER@HOST:PORT/DB. The database is created if missing.
-    #[arg(long = "store", env = "SLUICE_STORE_URL", default_value = "postgres://postgres@127.0.0.1:5432/sluice")]
+    #[arg(
+        long = "store",
+        env = "SLUICE_STORE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/sluice"
+    )]
     pub url: String,
     /// Drop raw events older than this many days (default: keep everything).
     #[arg(long, env = "SLUICE_RETENTION_DAYS")]
@@ -51,7 +59,10 @@ fn scheme(url: &str) -> &str {
 }
 
 /// Open the event log named by `args.url`.
-pub async fn open_log(args: &LogArgs, required_groups: &[&str]) -> anyhow::Result<Arc<dyn EventLog>> {
+pub async fn open_log(
+    args: &LogArgs,
+    required_groups: &[&str],
+) -> anyhow::Result<Arc<dyn EventLog>> {
     match scheme(&args.url) {
         "redis" | "rediss" => {
             let mut config = RedisLogConfig::from_url(&args.url).context("invalid --log URL")?;
@@ -99,11 +110,17 @@ pub async fn open_store(args: &StoreUrlArgs) -> anyhow::Result<Store> {
                 dedupe_window: Duration::from_secs(args.dedupe_window_hours * 3600),
                 ..PgOptions::default()
             };
-            let pg = PgWarehouse::connect(&args.url, opts).await.context("cannot connect to PostgreSQL")?;
-            pg.migrate().await.context("applying warehouse migrations")?;
+            let pg = PgWarehouse::connect(&args.url, opts)
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            pg.migrate()
+                .await
+                .context("applying warehouse migrations")?;
             Ok(Store::Postgres(pg))
         }
-        "embedded" => bail!("the embedded warehouse is not available in this build yet; use --store postgres://…"),
+        "embedded" => bail!(
+            "the embedded warehouse is not available in this build yet; use --store postgres://…"
+        ),
         other => bail!("unknown warehouse URL scheme {other:?}: use postgres://USER@HOST:PORT/DB"),
     }
 }

@@ -1,16 +1,18 @@
-//! The `sluice` binary: command line, configuration, wiring of backends by URL, and the load
-//! generator. Every flag has a `SLUICE_…` environment variable.
-
-mod backends;
-mod commands;
-mod shutdown;
+//! The `sluice` binary: parses the command line and runs one subcommand of the `sluice` library.
 
 use std::process::ExitCode;
+
+use sluice::commands;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "High-throughput analytics event pipeline", propagate_version = true)]
+#[command(
+    name = "sluice",
+    version,
+    about = "High-throughput analytics event pipeline",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +24,8 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Run the ingest API alone (scale out: any number against one log and one store).
     Api(commands::serve::ApiArgs),
+    /// Run one processor (warehouse) alone, for scaling out.
+    Worker(commands::worker::WorkerArgs),
     /// Apply the warehouse migrations and exit.
     Migrate(commands::keys::StoreArgs),
     /// Manage API keys.
@@ -36,13 +40,19 @@ enum Command {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -53,6 +63,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => commands::serve::serve(args).await,
             Command::Api(args) => commands::serve::api(args).await,
+            Command::Worker(args) => commands::worker::run(args).await,
             Command::Migrate(args) => commands::keys::migrate(args).await,
             Command::Keys(cmd) => commands::keys::run(cmd).await,
             Command::Send(args) => commands::send::run(args).await,

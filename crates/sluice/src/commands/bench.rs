@@ -55,9 +55,13 @@ pub struct BenchArgs {
 /// Parse `30s`, `2m`, `500ms`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 30s, 2m, 500ms"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30s, 2m, 500ms"))?;
     let secs = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -80,24 +84,35 @@ pub struct HttpTarget {
 
 impl HttpTarget {
     pub fn parse(url: &str) -> anyhow::Result<HttpTarget> {
-        let rest = url.strip_prefix("http://").context("only http:// URLs are supported (put TLS in front of sluice)")?;
+        let rest = url
+            .strip_prefix("http://")
+            .context("only http:// URLs are supported (put TLS in front of sluice)")?;
         let authority = rest.split('/').next().unwrap_or(rest).to_string();
         if authority.is_empty() {
             bail!("no host in {url:?}");
         }
-        let addr = if authority.contains(':') { authority.clone() } else { format!("{authority}:80") };
+        let addr = if authority.contains(':') {
+            authority.clone()
+        } else {
+            format!("{authority}:80")
+        };
         Ok(HttpTarget { addr, authority })
     }
 }
 
 fn basic_auth(key: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
 }
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
 async fn connect(target: &HttpTarget) -> anyhow::Result<Sender> {
-    let stream = TcpStream::connect(&target.addr).await.with_context(|| format!("cannot connect to {}", target.addr))?;
+    let stream = TcpStream::connect(&target.addr)
+        .await
+        .with_context(|| format!("cannot connect to {}", target.addr))?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
@@ -126,15 +141,37 @@ async fn post(
 }
 
 /// One POST on a fresh connection (for `sluice send`).
-pub async fn http_post(target: &HttpTarget, path: &str, key: &str, body: Vec<u8>) -> anyhow::Result<(StatusCode, String)> {
+pub async fn http_post(
+    target: &HttpTarget,
+    path: &str,
+    key: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(StatusCode, String)> {
     let mut sender = connect(target).await?;
-    let (status, body) = post(&mut sender, target, path, &basic_auth(key), Bytes::from(body)).await?;
+    let (status, body) = post(
+        &mut sender,
+        target,
+        path,
+        &basic_auth(key),
+        Bytes::from(body),
+    )
+    .await?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 const NAMES: [&str; 12] = [
-    "page_view", "click", "signup", "login", "login_failed", "add_to_cart", "remove_from_cart", "checkout",
-    "search", "video_play", "share", "purchase",
+    "page_view",
+    "click",
+    "signup",
+    "login",
+    "login_failed",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "search",
+    "video_play",
+    "share",
+    "purchase",
 ];
 
 /// Builds realistic event bodies.
@@ -230,13 +267,18 @@ async fn run_task(
     deadline: Instant,
 ) -> TaskResult {
     let mut result = TaskResult {
-        histogram: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
+        histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
         sent_events: 0,
         acked_events: 0,
         requests: 0,
         errors: BTreeMap::new(),
     };
-    let path = if args.batch_size <= 1 { "/v1/track" } else { "/v1/batch" };
+    let path = if args.batch_size <= 1 {
+        "/v1/track"
+    } else {
+        "/v1/batch"
+    };
     let batch = args.batch_size.max(1) as u64;
     // Pacing: this task's share of the rate, as one request every `period`.
     let period = (args.rate > 0).then(|| {
@@ -277,7 +319,10 @@ async fn run_task(
                 shared.acked.fetch_add(batch, Ordering::Relaxed);
             }
             Ok(Ok((status, _))) => {
-                *result.errors.entry(status.as_u16().to_string()).or_default() += 1;
+                *result
+                    .errors
+                    .entry(status.as_u16().to_string())
+                    .or_default() += 1;
             }
             Ok(Err(_)) => {
                 *result.errors.entry("connection".into()).or_default() += 1;
@@ -309,15 +354,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let auth = Arc::new(basic_auth(&args.write_key));
     let run_id = format!("bench-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
     let properties = Arc::new(property_pool(256));
-    let shared = Arc::new(Shared { acked: AtomicU64::new(0), sent: AtomicU64::new(0) });
+    let shared = Arc::new(Shared {
+        acked: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+    });
     let args = Arc::new(args);
     let start = Instant::now();
     let deadline = start + args.duration;
 
     let progress = indicatif::ProgressBar::new(args.duration.as_secs().max(1));
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len}s {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len}s {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let ticker = {
         let shared = shared.clone();
@@ -345,7 +395,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rng: SmallRng::seed_from_u64(task as u64 + 1),
             properties: properties.clone(),
         };
-        tasks.push(tokio::spawn(run_task(args.clone(), target.clone(), auth.clone(), generator, shared.clone(), start, deadline)));
+        tasks.push(tokio::spawn(run_task(
+            args.clone(),
+            target.clone(),
+            auth.clone(),
+            generator,
+            shared.clone(),
+            start,
+            deadline,
+        )));
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut sent, mut acked, mut requests) = (0u64, 0u64, 0u64);
@@ -419,6 +477,10 @@ mod tests {
         let single: serde_json::Value = serde_json::from_slice(&g.body(1)).expect("valid JSON");
         assert_eq!(single["messageId"], "r-3-6");
         let props = single["properties"].to_string();
-        assert!(props.len() > 250 && props.len() < 450, "properties are {} bytes", props.len());
+        assert!(
+            props.len() > 250 && props.len() < 450,
+            "properties are {} bytes",
+            props.len()
+        );
     }
 }

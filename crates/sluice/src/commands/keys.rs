@@ -51,19 +51,34 @@ pub async fn migrate(args: StoreArgs) -> anyhow::Result<()> {
 
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Create { source, kind, store } => {
+        KeysCommand::Create {
+            source,
+            kind,
+            store,
+        } => {
             if source.trim().is_empty() {
                 anyhow::bail!("--source must not be empty");
             }
             let store = open_store(&store).await?.into_warehouse();
-            let (key, record) = store.create_key(&source, kind).await.context("creating the key")?;
-            println!("created {} key {} for source {:?}; it is shown only now:", kind.as_str(), record.id, record.source);
+            let (key, record) = store
+                .create_key(&source, kind)
+                .await
+                .context("creating the key")?;
+            println!(
+                "created {} key {} for source {:?}; it is shown only now:",
+                kind.as_str(),
+                record.id,
+                record.source
+            );
             println!("{key}");
         }
         KeysCommand::List { store } => {
             let store = open_store(&store).await?.into_warehouse();
             let keys = store.list_keys().await.context("listing keys")?;
-            println!("{:<6} {:<6} {:<20} {:<14} {:<25} revoked", "id", "kind", "source", "key", "created");
+            println!(
+                "{:<6} {:<6} {:<20} {:<14} {:<25} revoked",
+                "id", "kind", "source", "key", "created"
+            );
             for k in keys {
                 println!(
                     "{:<6} {:<6} {:<20} {:<14} {:<25} {}",
@@ -71,15 +86,24 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                     k.kind.as_str(),
                     k.source,
                     k.hint,
-                    k.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    k.revoked_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_else(|| "-".into())
+                    k.created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    k.revoked_at
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_else(|| "-".into())
                 );
             }
         }
         KeysCommand::Revoke { key, store } => {
             let store = open_store(&store).await?.into_warehouse();
             let record = store.revoke_key(&key).await.context("revoking the key")?;
-            println!("revoked {} key {} ({}) of source {:?}", record.kind.as_str(), record.id, record.hint, record.source);
+            println!(
+                "revoked {} key {} ({}) of source {:?}",
+                record.kind.as_str(),
+                record.id,
+                record.hint,
+                record.source
+            );
         }
     }
     Ok(())

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod keys;
 pub mod send;
 pub mod serve;
+pub mod worker;

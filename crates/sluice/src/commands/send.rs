@@ -26,7 +26,8 @@ pub struct SendArgs {
 }
 
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
-    let properties: serde_json::Value = serde_json::from_str(&args.properties).context("--properties is not valid JSON")?;
+    let properties: serde_json::Value =
+        serde_json::from_str(&args.properties).context("--properties is not valid JSON")?;
     let body = json!({
         "type": "track",
         "event": args.event,
@@ -36,7 +37,13 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         "sentAt": chrono::Utc::now().to_rfc3339(),
     });
     let target = HttpTarget::parse(&args.url)?;
-    let (status, text) = http_post(&target, "/v1/track", &args.write_key, serde_json::to_vec(&body)?).await?;
+    let (status, text) = http_post(
+        &target,
+        "/v1/track",
+        &args.write_key,
+        serde_json::to_vec(&body)?,
+    )
+    .await?;
     println!("{status} {text}");
     if !status.is_success() {
         anyhow::bail!("the API answered {status}");

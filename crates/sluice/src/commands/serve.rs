@@ -9,8 +9,13 @@ use sluice_core::Limits;
 use sluice_server::{AppState, KeyCache, ServerConfig};
 use tokio::net::TcpListener;
 
+use sluice_core::log::EventLog;
+use sluice_core::warehouse::Warehouse;
+use sluice_worker::warehouse;
+
 use crate::backends::{open_log, open_store, LogArgs, StoreUrlArgs};
-use crate::shutdown;
+use crate::commands::worker::{run_warehouse, ConsumerArgs};
+use crate::shutdown::{self, Shutdown};
 
 /// How often the API reloads keys: new and revoked keys take effect within this.
 const KEY_REFRESH: Duration = Duration::from_secs(5);
@@ -41,7 +46,13 @@ pub struct ApiArgs {
     pub max_batch_events: usize,
 }
 
-pub type ServeArgs = ApiArgs;
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+}
 
 impl ApiArgs {
     fn limits(&self) -> Limits {
@@ -58,14 +69,31 @@ impl ApiArgs {
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals();
     let store = open_store(&args.store).await?.into_warehouse();
-    let log = open_log(&args.log, &["warehouse"]).await?;
+    let log = open_log(&args.log, &[warehouse::GROUP]).await?;
+    run_api(&args, log, store, shutdown).await
+}
+
+async fn run_api(
+    args: &ApiArgs,
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Warehouse>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let keys = Arc::new(KeyCache::default());
-    let n = keys.refresh(store.as_ref()).await.context("loading API keys")?;
+    let n = keys
+        .refresh(store.as_ref())
+        .await
+        .context("loading API keys")?;
     if n == 0 {
         tracing::warn!("no active write key yet: create one with `sluice keys create --source NAME --kind write`");
     }
-    tokio::spawn(keys.clone().refresh_loop(store.clone(), KEY_REFRESH, shutdown.clone().wait()));
-    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    tokio::spawn(
+        keys.clone()
+            .refresh_loop(store.clone(), KEY_REFRESH, shutdown.clone().wait()),
+    );
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, log = %redact(&args.log.url), store = %redact(&args.store.url), "sluice API listening");
     println!("sluice API listening on http://{addr}");
@@ -78,13 +106,29 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
             trust_forwarded_for: args.trust_forwarded_for,
         }),
     };
-    sluice_server::serve(listener, state, shutdown.wait()).await.context("HTTP server failed")?;
+    sluice_server::serve(listener, state, shutdown.wait())
+        .await
+        .context("HTTP server failed")?;
     Ok(())
 }
 
-/// Run the API and the processors in one process.
+/// Run the API and the processors in one process; stop both on SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    api(args).await
+    let shutdown = shutdown::on_signals();
+    let store = open_store(&args.api.store).await?.into_warehouse();
+    let log = open_log(&args.api.log, &[warehouse::GROUP]).await?;
+    let config = args.consumer.config()?;
+    let worker = tokio::spawn(run_warehouse(
+        log.clone(),
+        store.clone(),
+        config,
+        shutdown.clone(),
+    ));
+    let api = run_api(&args.api, log, store, shutdown).await;
+    let worker = worker
+        .await
+        .map_err(|e| anyhow::anyhow!("warehouse worker panicked: {e}"))?;
+    api.and(worker)
 }
 
 /// A URL without its password, for logs.

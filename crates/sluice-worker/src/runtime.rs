@@ -1,0 +1,597 @@
+//! The consumer runtime shared by every processor.
+//!
+//! ```text
+//!  reader task                                   committer (the caller's task)
+//!  read_new / claim_idle ─▶ decode ─▶ [chan 1] ─▶ processor.process ─▶ ack
+//!         └─ poison, or delivered > max ─▶ dead_letter (with reason, acked)
+//! ```
+//! Reading and decoding the next batch overlaps the commit of the current one; the channel holds
+//! one batch, so memory is bounded by ~3 batches whatever the backlog. An entry is acknowledged
+//! only after the processor committed its effects; a crash anywhere before the ack means
+//! redelivery, which processors make harmless (the warehouse dedupes inside its transaction).
+//!
+//! At start a consumer first finishes its own pending entries (a restart with the same consumer
+//! name resumes at once); entries of dead consumers are claimed once idle for `claim_idle`.
+//! A batch the processor rejects as invalid (not a transient failure) is split in halves until
+//! the offending entries are isolated and dead-lettered, so one bad event never stops the rest.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sluice_core::log::{Entry, EventLog, LogError, StartFrom};
+use sluice_core::warehouse::ShardPosition;
+use sluice_core::Event;
+use tokio::sync::{mpsc, watch};
+
+/// How a consumer reads.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Consumer name within the group; restarting with the same name resumes its pending entries.
+    pub consumer: String,
+    /// Most entries per batch.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch once its first entry arrived.
+    pub max_wait: Duration,
+    /// Entries pending this long in another consumer are taken over.
+    pub claim_idle: Duration,
+    /// How often to look for such entries.
+    pub claim_every: Duration,
+    /// An entry delivered more often than this goes to the dead-letter stream.
+    pub max_deliveries: u64,
+    /// How often to trim the log below what every group processed (None: never).
+    pub trim_every: Option<Duration>,
+    /// Longest pause between retries of a failing commit.
+    pub max_backoff: Duration,
+    /// Where a new group starts.
+    pub start_from: StartFrom,
+}
+
+impl ConsumerConfig {
+    pub fn new(consumer: impl Into<String>) -> ConsumerConfig {
+        ConsumerConfig {
+            consumer: consumer.into(),
+            batch_size: 5_000,
+            max_wait: Duration::from_millis(200),
+            claim_idle: Duration::from_secs(30),
+            claim_every: Duration::from_secs(5),
+            max_deliveries: 5,
+            trim_every: Some(Duration::from_secs(10)),
+            max_backoff: Duration::from_secs(5),
+            start_from: StartFrom::Beginning,
+        }
+    }
+}
+
+/// Counters a worker keeps, read by `/metrics` and tests.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub batches: AtomicU64,
+    pub events: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub retries: AtomicU64,
+    pub last_batch_size: AtomicU64,
+    pub commit_micros_total: AtomicU64,
+    pub trimmed: AtomicU64,
+}
+
+/// Why a processor could not commit a batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProcessError {
+    /// Transient (connection lost, server restarting): retry the same batch after a pause.
+    #[error("transient failure: {0}")]
+    Retryable(String),
+    /// Something in the batch is unacceptable: isolate and dead-letter it.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// A processor: one consumer group, effects committed per batch.
+#[async_trait]
+pub trait Processor: Send + Sync + 'static {
+    /// The consumer group, also the processor's name.
+    fn group(&self) -> &str;
+
+    /// Commit the effects of `events` (and the group's `positions`) atomically.
+    async fn process(
+        &self,
+        events: &[Event],
+        positions: &[ShardPosition],
+        stats: &WorkerStats,
+    ) -> Result<(), ProcessError>;
+}
+
+/// Entries and their decoded events, aligned by index.
+struct Batch {
+    entries: Vec<Entry>,
+    events: Vec<Event>,
+}
+
+/// Parse a Redis-style `ms-seq` id for ordering; other backends' ids compare as numbers.
+fn id_key(id: &str) -> (u64, u64) {
+    match id.split_once('-') {
+        Some((ms, seq)) => (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0)),
+        None => (id.parse().unwrap_or(0), 0),
+    }
+}
+
+/// The last id per shard of a set of entries.
+pub fn positions(entries: &[Entry]) -> Vec<ShardPosition> {
+    let mut last: BTreeMap<u32, &str> = BTreeMap::new();
+    for e in entries {
+        let slot = last.entry(e.shard).or_insert(&e.id);
+        if id_key(&e.id) > id_key(slot) {
+            *slot = &e.id;
+        }
+    }
+    last.into_iter()
+        .map(|(shard, id)| ShardPosition {
+            shard,
+            last_id: id.to_string(),
+        })
+        .collect()
+}
+
+pub struct Worker<P: Processor> {
+    log: Arc<dyn EventLog>,
+    processor: Arc<P>,
+    config: ConsumerConfig,
+    stats: Arc<WorkerStats>,
+}
+
+impl<P: Processor> Worker<P> {
+    pub fn new(log: Arc<dyn EventLog>, processor: Arc<P>, config: ConsumerConfig) -> Worker<P> {
+        Worker {
+            log,
+            processor,
+            config,
+            stats: Arc::new(WorkerStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Consume until `shutdown` resolves. The batch being committed when it does is finished;
+    /// a batch read but not started is left pending (redelivered to this consumer on restart).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), LogError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let group = self.processor.group().to_string();
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        loop {
+            match self.log.ensure_group(&group, self.config.start_from).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(%group, error = %e, "cannot create the consumer group yet; retrying");
+                    if backoff.wait(&stop_rx).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(%group, consumer = %self.config.consumer, "worker started");
+
+        // Own pending entries first, one batch at a time (they are re-read from the start of the
+        // pending list until acknowledged, so no read-ahead here).
+        loop {
+            if *stop_rx.borrow() {
+                return Ok(());
+            }
+            let entries = match self
+                .log
+                .read_own_pending(&group, &self.config.consumer, self.config.batch_size)
+                .await
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "reading own pending entries failed; retrying");
+                    if backoff.wait(&stop_rx).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                break;
+            }
+            tracing::info!(%group, count = entries.len(), "resuming own pending entries");
+            let Some(batch) = self.decode(&group, entries, &stop_rx).await else {
+                return Ok(());
+            };
+            if !self.commit_and_ack(&group, batch, &stop_rx).await {
+                return Ok(());
+            }
+        }
+
+        let (tx, mut rx) = mpsc::channel::<Batch>(1);
+        let reader = {
+            let me = Reader {
+                log: self.log.clone(),
+                config: self.config.clone(),
+                group: group.clone(),
+                stats: self.stats.clone(),
+            };
+            let stop = stop_rx.clone();
+            tokio::spawn(async move { me.run(tx, stop).await })
+        };
+        while let Some(batch) = rx.recv().await {
+            if !self.commit_and_ack(&group, batch, &stop_rx).await {
+                break;
+            }
+            if *stop_rx.borrow() {
+                break;
+            }
+        }
+        drop(rx);
+        let _ = reader.await;
+        tracing::info!(%group, consumer = %self.config.consumer, "worker stopped");
+        Ok(())
+    }
+
+    async fn decode(
+        &self,
+        group: &str,
+        entries: Vec<Entry>,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<Batch> {
+        decode_batch(
+            self.log.as_ref(),
+            group,
+            entries,
+            self.config.max_deliveries,
+            &self.stats,
+            stop,
+        )
+        .await
+    }
+
+    /// Commit a batch (retrying transient failures, isolating rejected entries) and ack it.
+    /// Returns false when shutdown interrupted it (the batch stays pending).
+    async fn commit_and_ack(
+        &self,
+        group: &str,
+        batch: Batch,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        if batch.entries.is_empty() {
+            return true;
+        }
+        // Work list of index ranges still to commit; a rejected range is split in halves.
+        let mut todo = vec![(0usize, batch.entries.len())];
+        let mut dead: Vec<(Entry, String)> = Vec::new();
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        while let Some((lo, hi)) = todo.pop() {
+            let entries = &batch.entries[lo..hi];
+            let events = &batch.events[lo..hi];
+            let started = Instant::now();
+            match self
+                .processor
+                .process(events, &positions(entries), &self.stats)
+                .await
+            {
+                Ok(()) => {
+                    self.stats
+                        .commit_micros_total
+                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    self.stats
+                        .events
+                        .fetch_add((hi - lo) as u64, Ordering::Relaxed);
+                    backoff.reset();
+                }
+                Err(ProcessError::Retryable(reason)) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%group, %reason, "commit failed; retrying the batch");
+                    todo.push((lo, hi));
+                    if backoff.wait(stop).await {
+                        return false;
+                    }
+                }
+                Err(ProcessError::Rejected(reason)) if hi - lo == 1 => {
+                    tracing::warn!(%group, id = %batch.entries[lo].id, %reason, "entry rejected; dead-lettering it");
+                    dead.push((
+                        batch.entries[lo].clone(),
+                        format!("rejected by {group}: {reason}"),
+                    ));
+                }
+                Err(ProcessError::Rejected(reason)) => {
+                    tracing::warn!(%group, size = hi - lo, %reason, "batch rejected; splitting it to isolate the cause");
+                    let mid = lo + (hi - lo) / 2;
+                    todo.push((mid, hi));
+                    todo.push((lo, mid));
+                }
+            }
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_batch_size
+            .store(batch.entries.len() as u64, Ordering::Relaxed);
+        if !dead.is_empty() {
+            let n = dead.len() as u64;
+            loop {
+                match self.log.dead_letter(group, &dead).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "dead-lettering failed; retrying");
+                        if backoff.wait(stop).await {
+                            return false;
+                        }
+                    }
+                }
+            }
+            self.stats.dead_letters.fetch_add(n, Ordering::Relaxed);
+        }
+        loop {
+            match self.log.ack(group, &batch.entries).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    // Effects are committed; if the ack never lands the entries are redelivered and
+                    // deduplicated, so giving up at shutdown is safe.
+                    tracing::warn!(%group, error = %e, "ack failed; retrying");
+                    if backoff.wait(stop).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Split entries into decodable events and poison; dead-letter the poison at once.
+async fn decode_batch(
+    log: &dyn EventLog,
+    group: &str,
+    entries: Vec<Entry>,
+    max_deliveries: u64,
+    stats: &WorkerStats,
+    stop: &watch::Receiver<bool>,
+) -> Option<Batch> {
+    let mut batch = Batch {
+        entries: Vec::with_capacity(entries.len()),
+        events: Vec::with_capacity(entries.len()),
+    };
+    let mut poison: Vec<(Entry, String)> = Vec::new();
+    for entry in entries {
+        if entry.deliveries > max_deliveries {
+            let reason = format!(
+                "delivered {} times to group {group} without being processed",
+                entry.deliveries
+            );
+            poison.push((entry, reason));
+            continue;
+        }
+        match Event::from_json(&entry.payload) {
+            Ok(event) => {
+                batch.events.push(event);
+                batch.entries.push(entry);
+            }
+            Err(e) => {
+                let reason = if entry.payload.is_empty() {
+                    "entry has no event payload (field `e`)".to_string()
+                } else {
+                    format!("payload is not a valid sluice event: {e}")
+                };
+                poison.push((entry, reason));
+            }
+        }
+    }
+    if !poison.is_empty() {
+        let n = poison.len() as u64;
+        tracing::warn!(%group, count = n, reason = %poison[0].1, "dead-lettering poison entries");
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            match log.dead_letter(group, &poison).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "dead-lettering failed; retrying");
+                    if backoff.wait(stop).await {
+                        return None;
+                    }
+                }
+            }
+        }
+        stats.dead_letters.fetch_add(n, Ordering::Relaxed);
+    }
+    Some(batch)
+}
+
+/// The reading half: fills batches and hands them to the committer.
+struct Reader {
+    log: Arc<dyn EventLog>,
+    config: ConsumerConfig,
+    group: String,
+    stats: Arc<WorkerStats>,
+}
+
+impl Reader {
+    async fn run(self, tx: mpsc::Sender<Batch>, stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        let mut next_claim = Instant::now() + self.config.claim_every;
+        let mut next_trim = self.config.trim_every.map(|every| Instant::now() + every);
+        while !*stop.borrow() {
+            let now = Instant::now();
+            if let Some(at) = next_trim {
+                if now >= at {
+                    match self.log.trim().await {
+                        Ok(n) => {
+                            self.stats.trimmed.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "trimming the log failed"),
+                    }
+                    next_trim = self.config.trim_every.map(|every| now + every);
+                }
+            }
+            let entries = if now >= next_claim {
+                next_claim = now + self.config.claim_every;
+                self.log
+                    .claim_idle(&self.group, &self.config.consumer, self.config.claim_idle, self.config.batch_size)
+                    .await
+                    .inspect(|claimed| {
+                        if !claimed.is_empty() {
+                            tracing::info!(group = %self.group, count = claimed.len(), "claimed idle entries of another consumer");
+                        }
+                    })
+            } else {
+                self.fill().await
+            };
+            let entries = match entries {
+                Ok(e) => {
+                    backoff.reset();
+                    e
+                }
+                Err(e) => {
+                    tracing::warn!(group = %self.group, error = %e, "reading the log failed; retrying");
+                    if backoff.wait(&stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            let Some(batch) = decode_batch(
+                self.log.as_ref(),
+                &self.group,
+                entries,
+                self.config.max_deliveries,
+                &self.stats,
+                &stop,
+            )
+            .await
+            else {
+                return;
+            };
+            if batch.entries.is_empty() {
+                continue;
+            }
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Read up to `batch_size` new entries, waiting at most `max_wait` once the first arrived.
+    async fn fill(&self) -> Result<Vec<Entry>, LogError> {
+        let size = self.config.batch_size;
+        let mut entries = self
+            .log
+            .read_new(
+                &self.group,
+                &self.config.consumer,
+                size,
+                self.config.max_wait,
+            )
+            .await?;
+        if entries.is_empty() {
+            return Ok(entries);
+        }
+        let deadline = Instant::now() + self.config.max_wait;
+        while entries.len() < size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = self
+                .log
+                .read_new(
+                    &self.group,
+                    &self.config.consumer,
+                    size - entries.len(),
+                    left,
+                )
+                .await?;
+            if more.is_empty() {
+                break;
+            }
+            entries.extend(more);
+        }
+        Ok(entries)
+    }
+}
+
+/// Exponential backoff that wakes early on shutdown.
+struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            current: Duration::from_millis(50),
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = Duration::from_millis(50);
+    }
+
+    /// Sleep; returns true if shutdown began meanwhile.
+    async fn wait(&mut self, stop: &watch::Receiver<bool>) -> bool {
+        let mut stop = stop.clone();
+        if *stop.borrow() {
+            return true;
+        }
+        let pause = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(pause) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        stopped || *stop.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(shard: u32, id: &str) -> Entry {
+        Entry {
+            shard,
+            id: id.into(),
+            payload: Bytes::new(),
+            deliveries: 1,
+        }
+    }
+
+    #[test]
+    fn positions_take_the_numerically_last_id_per_shard() {
+        let entries = [
+            entry(0, "9-0"),
+            entry(0, "10-0"),
+            entry(1, "5-2"),
+            entry(1, "5-10"),
+            entry(0, "10-1"),
+        ];
+        let p = positions(&entries);
+        assert_eq!(
+            p,
+            vec![
+                ShardPosition {
+                    shard: 0,
+                    last_id: "10-1".into()
+                },
+                ShardPosition {
+                    shard: 1,
+                    last_id: "5-10".into()
+                }
+            ]
+        );
+    }
+}
