@@ -1,1 +1,18 @@
-//! placeholder
+//! sluice-store: the `Warehouse` / `KeyStore` backends.
+//!
+//! - [`postgres`]: PostgreSQL (native daily partitions, or TimescaleDB when the extension can be
+//!   created), migrations embedded from `migrations/*.sql`, API keys, the exactly-once
+//!   `commit_batch`, housekeeping (`maintain`).
+//! - `testing` (cargo feature `testing`): a fresh database per test ([`testing::TestDb`]) and the
+//!   conformance suite every backend runs.
+//!
+//! The warehouse schema is a public interface for analysts; it is documented table by table in
+//! `docs/warehouse.md`.
+
+pub mod postgres;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use postgres::{PgOptions, PgWarehouse, TimescaleMode};
+/// Keys are stored as this hash; the API hashes presented keys the same way.
+pub use sluice_core::keys::hash_key;

@@ -1,0 +1,213 @@
+//! `commit_batch`: one transaction per batch, a fixed handful of round trips whatever the batch
+//! size or the number of distinct event names:
+//!
+//! 1. binary COPY of the batch into the connection's temp table `sluice_staging`;
+//! 2. one statement (`sql::COMMIT_STAGED`) that claims the `(source, event_id)` keys in
+//!    `event_dedupe`, inserts only the claimed events, and adds them to `event_counts_1m` and
+//!    `daily_active_users`;
+//! 3. the forward-only upsert of `consumer_offsets`;
+//! 4. COMMIT.
+//!
+//! Either all of it is committed or none of it; a redelivered batch finds its keys claimed and
+//! adds nothing.
+
+use std::collections::BTreeMap;
+
+use futures::pin_mut;
+use sluice_core::warehouse::{CommitOutcome, ShardPosition, StoreError};
+use sluice_core::Event;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{Json, ToSql, Type};
+
+use super::{pg_error, sql, PgWarehouse};
+
+/// Column types of `sluice_staging`, in `sql::COPY_STAGING` order.
+const STAGING_TYPES: [Type; 17] = [
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::JSONB,
+    Type::JSONB,
+    Type::JSONB,
+    Type::JSONB,
+];
+
+pub(crate) async fn commit_batch(
+    wh: &PgWarehouse,
+    group: &str,
+    events: &[Event],
+    positions: &[ShardPosition],
+) -> Result<CommitOutcome, StoreError> {
+    let offsets = Offsets::new(positions)?;
+    let batch_len = i32::try_from(events.len()).map_err(|_| {
+        StoreError::Invalid(format!("batch of {} events is too large", events.len()))
+    })?;
+
+    let mut client = wh.client().await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+
+    let mut inserted = 0u64;
+    if batch_len > 0 {
+        let copy = tx
+            .prepare_cached(sql::COPY_STAGING)
+            .await
+            .map_err(pg_error)?;
+        let sink = tx.copy_in(&copy).await.map_err(pg_error)?;
+        let writer = BinaryCopyInWriter::new(sink, &STAGING_TYPES);
+        pin_mut!(writer);
+        for (ord, e) in (0..batch_len).zip(events) {
+            let kind = e.kind.as_str();
+            let properties = Json(&e.properties);
+            let traits = Json(&e.traits);
+            let context = Json(&e.context);
+            let integrations = Json(&e.integrations);
+            let row: [&(dyn ToSql + Sync); 17] = [
+                &ord,
+                &e.event_id,
+                &e.source,
+                &kind,
+                &e.name,
+                &e.user_id,
+                &e.anonymous_id,
+                &e.group_id,
+                &e.previous_id,
+                &e.timestamp,
+                &e.original_timestamp,
+                &e.sent_at,
+                &e.received_at,
+                &properties,
+                &traits,
+                &context,
+                &integrations,
+            ];
+            writer.as_mut().write(&row).await.map_err(pg_error)?;
+        }
+        writer.finish().await.map_err(pg_error)?;
+
+        let commit = tx
+            .prepare_cached(sql::COMMIT_STAGED)
+            .await
+            .map_err(pg_error)?;
+        let n: i64 = tx
+            .query_one(&commit, &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(pg_error)?;
+        inserted = u64::try_from(n).unwrap_or(0);
+    }
+
+    if !offsets.shards.is_empty() {
+        let upsert = tx
+            .prepare_cached(sql::UPSERT_OFFSETS)
+            .await
+            .map_err(pg_error)?;
+        tx.execute(
+            &upsert,
+            &[
+                &group,
+                &offsets.shards,
+                &offsets.ids,
+                &offsets.ms,
+                &offsets.seq,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+
+    tx.commit().await.map_err(pg_error)?;
+    Ok(CommitOutcome {
+        inserted,
+        duplicates: (events.len() as u64).saturating_sub(inserted),
+    })
+}
+
+/// The batch's positions as column arrays, one (the furthest) per shard.
+struct Offsets {
+    shards: Vec<i32>,
+    ids: Vec<String>,
+    ms: Vec<i64>,
+    seq: Vec<i64>,
+}
+
+impl Offsets {
+    fn new(positions: &[ShardPosition]) -> Result<Offsets, StoreError> {
+        let mut furthest: BTreeMap<i32, (i64, i64, &str)> = BTreeMap::new();
+        for p in positions {
+            let shard = i32::try_from(p.shard)
+                .map_err(|_| StoreError::Invalid(format!("shard {} out of range", p.shard)))?;
+            let (ms, seq) = parse_log_id(&p.last_id)?;
+            let entry = furthest.entry(shard).or_insert((ms, seq, &p.last_id));
+            if (ms, seq) > (entry.0, entry.1) {
+                *entry = (ms, seq, &p.last_id);
+            }
+        }
+        let mut o = Offsets {
+            shards: Vec::with_capacity(furthest.len()),
+            ids: Vec::with_capacity(furthest.len()),
+            ms: Vec::with_capacity(furthest.len()),
+            seq: Vec::with_capacity(furthest.len()),
+        };
+        for (shard, (ms, seq, id)) in furthest {
+            o.shards.push(shard);
+            o.ids.push(id.to_owned());
+            o.ms.push(ms);
+            o.seq.push(seq);
+        }
+        Ok(o)
+    }
+}
+
+/// A log position as two comparable numbers: a Redis stream id `ms-seq`, or a plain number (a
+/// Kafka offset, an embedded-log sequence) as `(n, 0)`.
+pub(crate) fn parse_log_id(id: &str) -> Result<(i64, i64), StoreError> {
+    let bad = || StoreError::Invalid(format!("log position {id:?} is not `ms-seq` or a number"));
+    let (ms, seq) = match id.split_once('-') {
+        Some((ms, seq)) => (ms, seq),
+        None => (id, "0"),
+    };
+    let ms: u64 = ms.parse().map_err(|_| bad())?;
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    Ok((
+        i64::try_from(ms).map_err(|_| bad())?,
+        i64::try_from(seq).map_err(|_| bad())?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_ids_compare_numerically() {
+        let a = parse_log_id("1700000000000-9").expect("valid");
+        let b = parse_log_id("1700000000000-10").expect("valid");
+        assert!(a < b, "seq 9 < seq 10 even though \"9\" > \"10\" as text");
+        assert!(parse_log_id("999-0").expect("valid") < parse_log_id("1000-0").expect("valid"));
+        assert_eq!(parse_log_id("42").expect("valid"), (42, 0));
+        assert!(parse_log_id("x-1").is_err());
+        assert!(parse_log_id("1-").is_err());
+        assert!(parse_log_id("-1").is_err());
+    }
+
+    #[test]
+    fn offsets_keep_the_furthest_per_shard() {
+        let p = |shard, id: &str| ShardPosition {
+            shard,
+            last_id: id.into(),
+        };
+        let o = Offsets::new(&[p(1, "5-10"), p(0, "3-0"), p(1, "5-9")]).expect("valid");
+        assert_eq!(o.shards, vec![0, 1]);
+        assert_eq!(o.ids, vec!["3-0".to_string(), "5-10".to_string()]);
+    }
+}
