@@ -1,0 +1,508 @@
+//! The `EventLog` conformance suite: the contract every backend (Redis today, embedded and Kafka
+//! later) must meet, written once against `&dyn EventLog`. A backend's test file creates a fresh,
+//! isolated log per case and calls the cases (see `tests/redis.rs`).
+//!
+//! Cases assume a fresh, empty log with at least 2 shards and no groups.
+
+#![allow(dead_code)] // each test binary uses the cases that fit its backend
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_core::log::{Entry, EventLog, LogError, Record, StartFrom};
+
+/// How long a case waits for a condition before failing.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Short block for reads that drain what is there.
+const SHORT_BLOCK: Duration = Duration::from_millis(50);
+
+pub fn record(shard: u32, payload: impl Into<String>) -> Record {
+    Record {
+        shard,
+        payload: Bytes::from(payload.into()),
+    }
+}
+
+fn payload_str(e: &Entry) -> String {
+    String::from_utf8_lossy(&e.payload).into_owned()
+}
+
+/// `n` records `{"n":i,"tag":tag}` spread round-robin over the shards.
+pub fn records(log: &dyn EventLog, tag: &str, n: usize) -> Vec<Record> {
+    let shards = log.shards();
+    (0..n)
+        .map(|i| record(i as u32 % shards, format!(r#"{{"n":{i},"tag":"{tag}"}}"#)))
+        .collect()
+}
+
+/// Read everything currently available to this consumer, in batches of `batch`.
+pub async fn drain(log: &dyn EventLog, group: &str, consumer: &str, batch: usize) -> Vec<Entry> {
+    let mut all = Vec::new();
+    loop {
+        let got = log
+            .read_new(group, consumer, batch, SHORT_BLOCK)
+            .await
+            .expect("read_new");
+        assert!(
+            got.len() <= batch,
+            "read_new returned {} entries for count {batch}",
+            got.len()
+        );
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+fn pending_of(lags: &[sluice_core::log::GroupLag], group: &str) -> (u64, u64) {
+    lags.iter()
+        .find(|l| l.group == group)
+        .map(|l| (l.undelivered, l.pending))
+        .unwrap_or_else(|| panic!("group {group} missing from lag(): {lags:?}"))
+}
+
+/// Append then read: every record comes back exactly once, on its shard, with its payload,
+/// delivered once, and `read_new` never returns more than asked.
+pub async fn append_then_read_new_exactly_once(log: &dyn EventLog) {
+    let recs = records(log, "once", 100);
+    for chunk in recs.chunks(17) {
+        log.append(chunk.to_vec()).await.expect("append");
+    }
+    assert_eq!(log.len().await.expect("len"), 100);
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("ensure_group");
+    // Creating it again is fine.
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("ensure_group twice");
+
+    let got = drain(log, "g", "c1", 7).await;
+    assert_eq!(got.len(), 100, "every record exactly once");
+    let expected: BTreeMap<String, u32> = recs
+        .iter()
+        .map(|r| (String::from_utf8_lossy(&r.payload).into_owned(), r.shard))
+        .collect();
+    let mut seen = HashSet::new();
+    for e in &got {
+        let p = payload_str(e);
+        assert!(seen.insert(p.clone()), "delivered twice: {p}");
+        assert_eq!(expected.get(&p), Some(&e.shard), "wrong shard for {p}");
+        assert_eq!(e.deliveries, 1);
+    }
+    // Nothing more, and a read with nothing to return respects its block time.
+    let started = Instant::now();
+    let none = log
+        .read_new("g", "c1", 10, Duration::from_millis(200))
+        .await
+        .expect("read_new");
+    assert!(none.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "block time not respected"
+    );
+    // A zero block does not mean "forever".
+    let none = log
+        .read_new("g", "c1", 10, Duration::ZERO)
+        .await
+        .expect("read_new");
+    assert!(none.is_empty());
+}
+
+/// A blocked reader wakes up when a record arrives.
+pub async fn read_new_wakes_on_append(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    let started = Instant::now();
+    let (got, ()) = tokio::join!(log.read_new("g", "c", 10, Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log.append(vec![record(1, "wake")]).await.expect("append");
+    });
+    let got = got.expect("read_new");
+    assert_eq!(got.len(), 1);
+    assert_eq!(payload_str(&got[0]), "wake");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "reader did not wake up"
+    );
+}
+
+/// Events of one (source, user) stay in one shard, in append order.
+pub async fn per_user_order(log: &dyn EventLog) {
+    let shards = log.shards();
+    let user_shard = sluice_core::shard::shard_for("src", "user-7", shards);
+    for i in 0..40 {
+        let mut batch = vec![record(user_shard, format!("user-7:{i}"))];
+        let other = sluice_core::shard::shard_for("src", &format!("other-{i}"), shards);
+        batch.push(record(other, format!("other:{i}")));
+        log.append(batch).await.expect("append");
+    }
+    // One batch keeps its order too.
+    log.append(
+        (40..60)
+            .map(|i| record(user_shard, format!("user-7:{i}")))
+            .collect(),
+    )
+    .await
+    .expect("append");
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let got = drain(log, "g", "c", 13).await;
+    let user: Vec<&Entry> = got
+        .iter()
+        .filter(|e| payload_str(e).starts_with("user-7:"))
+        .collect();
+    assert_eq!(user.len(), 60);
+    assert!(user.iter().all(|e| e.shard == user_shard));
+    let seq: Vec<u32> = user
+        .iter()
+        .filter_map(|e| payload_str(e).strip_prefix("user-7:")?.parse().ok())
+        .collect();
+    assert_eq!(
+        seq,
+        (0..60).collect::<Vec<_>>(),
+        "one user's events out of order"
+    );
+}
+
+/// Two consumers of one group never receive the same entry, and together receive everything.
+pub async fn consumers_in_a_group_split_the_work(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    log.append(records(log, "split", 300))
+        .await
+        .expect("append");
+    let (a, b) = tokio::join!(drain(log, "g", "a", 9), drain(log, "g", "b", 11));
+    let ids_a: HashSet<(u32, String)> = a.iter().map(|e| (e.shard, e.id.clone())).collect();
+    let ids_b: HashSet<(u32, String)> = b.iter().map(|e| (e.shard, e.id.clone())).collect();
+    assert_eq!(ids_a.len(), a.len());
+    assert_eq!(ids_b.len(), b.len());
+    assert!(ids_a.is_disjoint(&ids_b), "an entry went to both consumers");
+    assert_eq!(a.len() + b.len(), 300);
+}
+
+/// Two groups each receive every entry, independently.
+pub async fn groups_are_independent(log: &dyn EventLog) {
+    log.append(records(log, "indep", 50)).await.expect("append");
+    log.ensure_group("warehouse", StartFrom::Beginning)
+        .await
+        .expect("group");
+    log.ensure_group("fraud", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let w = drain(log, "warehouse", "c", 20).await;
+    log.ack("warehouse", &w).await.expect("ack");
+    let f = drain(log, "fraud", "c", 7).await;
+    assert_eq!(w.len(), 50);
+    assert_eq!(f.len(), 50);
+    let payloads = |es: &[Entry]| es.iter().map(payload_str).collect::<HashSet<_>>();
+    assert_eq!(payloads(&w), payloads(&f));
+    // A group created at the end sees only what comes next.
+    log.ensure_group("late", StartFrom::End)
+        .await
+        .expect("group");
+    log.append(vec![record(0, "after")]).await.expect("append");
+    let late = drain(log, "late", "c", 10).await;
+    assert_eq!(late.iter().map(payload_str).collect::<Vec<_>>(), ["after"]);
+}
+
+/// Ack removes entries from the pending list (and they are not redelivered).
+pub async fn ack_removes_from_pending(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    log.append(records(log, "ack", 10)).await.expect("append");
+    let got = drain(log, "g", "c", 100).await;
+    assert_eq!(got.len(), 10);
+    assert_eq!(pending_of(&log.lag().await.expect("lag"), "g"), (0, 10));
+    log.ack("g", &got[..4]).await.expect("ack");
+    assert_eq!(pending_of(&log.lag().await.expect("lag"), "g"), (0, 6));
+    let pending = log.read_own_pending("g", "c", 100).await.expect("pending");
+    let left: HashSet<String> = got[4..].iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        pending.iter().map(|e| e.id.clone()).collect::<HashSet<_>>(),
+        left
+    );
+    log.ack("g", &got)
+        .await
+        .expect("ack all (again for the first 4)");
+    assert_eq!(pending_of(&log.lag().await.expect("lag"), "g"), (0, 0));
+    assert!(log
+        .read_own_pending("g", "c", 100)
+        .await
+        .expect("pending")
+        .is_empty());
+}
+
+/// After a restart, a consumer gets back its unacknowledged entries, delivery count increased.
+pub async fn own_pending_after_restart(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    log.append(records(log, "restart", 12))
+        .await
+        .expect("append");
+    let first = drain(log, "g", "w1", 100).await;
+    assert_eq!(first.len(), 12);
+    log.ack("g", &first[..2]).await.expect("ack");
+    // "Restart": the same consumer name asks for its own pending entries, in small batches.
+    let again = log.read_own_pending("g", "w1", 100).await.expect("pending");
+    assert_eq!(again.len(), 10);
+    let limited = log.read_own_pending("g", "w1", 3).await.expect("pending");
+    assert!(limited.len() <= 3 && !limited.is_empty());
+    let by_id: BTreeMap<(u32, String), &Entry> =
+        first.iter().map(|e| ((e.shard, e.id.clone()), e)).collect();
+    for e in &again {
+        let original = by_id
+            .get(&(e.shard, e.id.clone()))
+            .expect("a pending entry that was delivered before");
+        assert_eq!(e.payload, original.payload);
+        assert_eq!(e.deliveries, 2, "redelivery must count: {e:?}");
+    }
+    // Others' pending entries are not ours, and nothing new is delivered.
+    assert!(log
+        .read_own_pending("g", "w2", 100)
+        .await
+        .expect("pending")
+        .is_empty());
+    assert!(drain(log, "g", "w1", 100).await.is_empty());
+}
+
+/// claim_idle takes over another consumer's idle entries (deliveries + 1), not fresh ones.
+pub async fn claim_idle_takes_over_dead_consumers(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    log.append(records(log, "claim", 8)).await.expect("append");
+    let read_at = Instant::now();
+    let dead = drain(log, "g", "dead", 100).await;
+    assert_eq!(dead.len(), 8);
+    let min_idle = Duration::from_millis(300);
+    // Not idle long enough yet.
+    let early = log
+        .claim_idle("g", "alive", min_idle, 100)
+        .await
+        .expect("claim");
+    assert!(
+        early.is_empty(),
+        "claimed entries that were not idle: {early:?}"
+    );
+
+    // Wait for the idle time to pass, then claim (in batches of 5).
+    let started = Instant::now();
+    let mut claimed = Vec::new();
+    while claimed.len() < 8 {
+        assert!(started.elapsed() < DEADLINE, "idle entries never claimed");
+        let got = log
+            .claim_idle("g", "alive", min_idle, 5)
+            .await
+            .expect("claim");
+        assert!(got.len() <= 5);
+        if got.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        claimed.extend(got);
+    }
+    assert!(
+        read_at.elapsed() >= min_idle,
+        "claimed before the idle time"
+    );
+    assert_eq!(claimed.len(), 8);
+    let ids = |es: &[Entry]| {
+        es.iter()
+            .map(|e| (e.shard, e.id.clone()))
+            .collect::<HashSet<_>>()
+    };
+    assert_eq!(ids(&claimed), ids(&dead));
+    assert!(claimed.iter().all(|e| e.deliveries == 2), "{claimed:?}");
+    // They are the new owner's now; the dead consumer has none left, and a fresh claim right
+    // after finds nothing idle.
+    assert_eq!(
+        log.read_own_pending("g", "alive", 100)
+            .await
+            .expect("pending")
+            .len(),
+        8
+    );
+    assert!(log
+        .read_own_pending("g", "dead", 100)
+        .await
+        .expect("pending")
+        .is_empty());
+    assert!(log
+        .claim_idle("g", "other", min_idle, 100)
+        .await
+        .expect("claim")
+        .is_empty());
+}
+
+/// dead_letter moves the entry and its reason to the dead-letter stream and acknowledges it.
+pub async fn dead_letter_moves_and_acks(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    log.append(vec![record(0, "not json"), record(1, r#"{"ok":true}"#)])
+        .await
+        .expect("append");
+    let got = drain(log, "g", "c", 10).await;
+    assert_eq!(got.len(), 2);
+    let poison = got
+        .iter()
+        .find(|e| &e.payload[..] == b"not json")
+        .expect("poison entry read")
+        .clone();
+    log.dead_letter("g", &[(poison.clone(), "invalid JSON at 1:1".to_owned())])
+        .await
+        .expect("dead_letter");
+    let dead = log.dead_letters(10).await.expect("dead_letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].group, "g");
+    assert_eq!(dead[0].shard, poison.shard);
+    assert_eq!(dead[0].id, poison.id);
+    assert_eq!(dead[0].reason, "invalid JSON at 1:1");
+    assert_eq!(dead[0].payload, poison.payload);
+    // Acknowledged: only the good one is still pending.
+    assert_eq!(pending_of(&log.lag().await.expect("lag"), "g"), (0, 1));
+    let pending = log.read_own_pending("g", "c", 10).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(&pending[0].payload[..], br#"{"ok":true}"#);
+}
+
+/// Trimming never removes what some group has not processed (undelivered, or delivered and
+/// pending), and does remove what every group has processed.
+pub async fn trim_respects_every_group(log: &dyn EventLog) {
+    // No group yet: nothing may be trimmed.
+    let recs: Vec<Record> = (0..20).map(|i| record(0, format!("t{i}"))).collect();
+    log.append(recs).await.expect("append");
+    assert_eq!(log.trim().await.expect("trim"), 0);
+    assert_eq!(log.len().await.expect("len"), 20);
+
+    log.ensure_group("fast", StartFrom::Beginning)
+        .await
+        .expect("group");
+    log.ensure_group("slow", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let fast = drain(log, "fast", "c", 100).await;
+    assert_eq!(fast.len(), 20);
+    log.ack("fast", &fast).await.expect("ack");
+    // The slow group has processed nothing: nothing goes.
+    assert_eq!(log.trim().await.expect("trim"), 0);
+    assert_eq!(log.len().await.expect("len"), 20);
+
+    // The slow group read 10 and acknowledged 5 of them; 5 pending, 10 undelivered.
+    let slow = log
+        .read_new("slow", "c", 10, SHORT_BLOCK)
+        .await
+        .expect("read");
+    assert_eq!(slow.len(), 10);
+    log.ack("slow", &slow[..5]).await.expect("ack");
+    log.trim().await.expect("trim");
+    assert_eq!(
+        log.len().await.expect("len"),
+        15,
+        "trim must remove exactly what both groups processed"
+    );
+    // Everything the slow group has not processed is still there.
+    let pending = log
+        .read_own_pending("slow", "c", 100)
+        .await
+        .expect("pending");
+    let pending: Vec<String> = pending.iter().map(payload_str).collect();
+    assert_eq!(
+        pending,
+        (5..10).map(|i| format!("t{i}")).collect::<Vec<_>>()
+    );
+    let rest = drain(log, "slow", "c", 100).await;
+    let rest: Vec<String> = rest.iter().map(payload_str).collect();
+    assert_eq!(rest, (10..20).map(|i| format!("t{i}")).collect::<Vec<_>>());
+
+    // A group with pending entries holds the trim, even if another group is done.
+    log.trim().await.expect("trim");
+    assert_eq!(log.len().await.expect("len"), 15);
+
+    // Once everyone processed everything, it can go (a backend may keep the last entry).
+    let all_slow = log
+        .read_own_pending("slow", "c", 100)
+        .await
+        .expect("pending");
+    log.ack("slow", &all_slow).await.expect("ack");
+    log.trim().await.expect("trim");
+    assert!(log.len().await.expect("len") <= 1);
+}
+
+/// lag() reports undelivered and pending entries per group.
+pub async fn lag_reports_undelivered_and_pending(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    log.append(records(log, "lag", 30)).await.expect("append");
+    assert_eq!(pending_of(&log.lag().await.expect("lag"), "g"), (30, 0));
+    let got = log.read_new("g", "c", 10, SHORT_BLOCK).await.expect("read");
+    assert_eq!(got.len(), 10);
+    let lags = log.lag().await.expect("lag");
+    assert_eq!(pending_of(&lags, "g"), (20, 10));
+    let g = lags.iter().find(|l| l.group == "g").expect("group g");
+    assert_eq!(g.backlog(), 30);
+    log.ack("g", &got[..4]).await.expect("ack");
+    assert_eq!(pending_of(&log.lag().await.expect("lag"), "g"), (20, 6));
+}
+
+/// With a tiny high-water mark on `group`, appends are refused with `Overloaded` once the
+/// backlog grows, and accepted again after the group catches up. The log must have been
+/// created with `high_water_mark` and `group` as its (only) required group.
+pub async fn backpressure_overload_and_recovery(
+    log: &dyn EventLog,
+    group: &str,
+    high_water_mark: u64,
+) {
+    log.ensure_group(group, StartFrom::Beginning)
+        .await
+        .expect("group");
+    let started = Instant::now();
+    let mut appended = 0u64;
+    loop {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never overloaded after {appended} entries"
+        );
+        match log.append(records(log, "bp", 10)).await {
+            Ok(()) => appended += 10,
+            Err(LogError::Overloaded {
+                backlog,
+                retry_after,
+            }) => {
+                assert!(backlog > high_water_mark, "overloaded at backlog {backlog}");
+                assert!(retry_after > Duration::ZERO);
+                break;
+            }
+            Err(e) => panic!("unexpected append error: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(appended > high_water_mark);
+
+    // The group catches up; appends are accepted again.
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < DEADLINE, "appends never accepted again");
+        let got = drain(log, group, "c", 500).await;
+        log.ack(group, &got).await.expect("ack");
+        match log.append(vec![record(0, "again")]).await {
+            Ok(()) => break,
+            Err(LogError::Overloaded { .. }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("unexpected append error: {e}"),
+        }
+    }
+}
+
+/// Many concurrent single-record appends all succeed and each lands exactly once.
+pub async fn concurrent_appends_all_land_once(log: &dyn EventLog, n: usize) {
+    let shards = log.shards();
+    let appends = (0..n).map(|i| log.append(vec![record(i as u32 % shards, format!("c{i}"))]));
+    let results = futures::future::join_all(appends).await;
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "append {i} failed: {r:?}");
+    }
+    assert_eq!(log.len().await.expect("len"), n as u64);
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let got = drain(log, "g", "c", 1000).await;
+    let payloads: HashSet<String> = got.iter().map(payload_str).collect();
+    assert_eq!(got.len(), n);
+    assert_eq!(payloads, (0..n).map(|i| format!("c{i}")).collect());
+}
