@@ -776,3 +776,27 @@ impl EventLog for RedisLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::shard::{fnv1a_64, shard_for};
+
+    /// The reference values published in docs/log-format.md.
+    #[test]
+    fn documented_shard_vectors() {
+        let vectors = [
+            ("web", "user-42", 0xdc2b_8271_d0c5_1331_u64, 1),
+            ("ios", "anon-1f3c", 0xe046_98c5_46ad_b08a, 2),
+            ("src", "user-7", 0xa484_30f5_e31a_d458, 0),
+        ];
+        for (source, user, hash, shard) in vectors {
+            assert_eq!(fnv1a_64(&[source.as_bytes(), user.as_bytes()]), hash);
+            assert_eq!(shard_for(source, user, 8), shard);
+        }
+    }
+
+    #[test]
+    fn stream_keys() {
+        assert_eq!(super::stream_key("sluice", 3), "sluice:events:3");
+    }
+}
