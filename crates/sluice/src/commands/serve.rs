@@ -9,6 +9,7 @@ use sluice_core::Limits;
 use sluice_server::{AppState, KeyCache, ServerConfig};
 use tokio::net::TcpListener;
 
+use sluice_core::keys::KeyKind;
 use sluice_core::log::EventLog;
 use sluice_core::warehouse::Warehouse;
 use sluice_worker::warehouse;
@@ -70,7 +71,54 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals();
     let store = open_store(&args.store).await?.into_warehouse();
     let log = open_log(&args.log, &[warehouse::GROUP]).await?;
-    run_api(&args, log, store, shutdown).await
+    run_api(&args, log, store, shutdown, None).await
+}
+
+/// Keys created on the first start of `sluice serve`.
+struct FirstKeys {
+    source: String,
+    write: String,
+    read: String,
+}
+
+/// On a store with no key at all, create a write and a read key for source `default`.
+async fn create_first_keys(store: &dyn Warehouse) -> anyhow::Result<Option<FirstKeys>> {
+    if !store
+        .list_keys()
+        .await
+        .context("listing API keys")?
+        .is_empty()
+    {
+        return Ok(None);
+    }
+    let source = "default".to_string();
+    let (write, _) = store
+        .create_key(&source, KeyKind::Write)
+        .await
+        .context("creating the first write key")?;
+    let (read, _) = store
+        .create_key(&source, KeyKind::Read)
+        .await
+        .context("creating the first read key")?;
+    Ok(Some(FirstKeys {
+        source,
+        write,
+        read,
+    }))
+}
+
+fn print_first_keys(keys: &FirstKeys, addr: std::net::SocketAddr) {
+    println!();
+    println!("First start: created keys for source {:?} (shown only now; `sluice keys list` shows their ids):", keys.source);
+    println!("  write key: {}", keys.write);
+    println!("  read key:  {}", keys.read);
+    println!();
+    println!("Send an event:");
+    println!(
+        "  curl -u '{}:' -H 'Content-Type: application/json' -d '{{\"userId\":\"u1\",\"event\":\"Signed Up\"}}' http://{addr}/v1/track",
+        keys.write
+    );
+    println!();
 }
 
 async fn run_api(
@@ -78,15 +126,12 @@ async fn run_api(
     log: Arc<dyn EventLog>,
     store: Arc<dyn Warehouse>,
     shutdown: Shutdown,
+    first_keys: Option<FirstKeys>,
 ) -> anyhow::Result<()> {
     let keys = Arc::new(KeyCache::default());
-    let n = keys
-        .refresh(store.as_ref())
+    keys.refresh(store.as_ref())
         .await
         .context("loading API keys")?;
-    if n == 0 {
-        tracing::warn!("no active write key yet: create one with `sluice keys create --source NAME --kind write`");
-    }
     tokio::spawn(
         keys.clone()
             .refresh_loop(store.clone(), KEY_REFRESH, shutdown.clone().wait()),
@@ -97,6 +142,19 @@ async fn run_api(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, log = %redact(&args.log.url), store = %redact(&args.store.url), "sluice API listening");
     println!("sluice API listening on http://{addr}");
+    if let Some(first) = first_keys {
+        print_first_keys(&first, addr);
+    } else if !store
+        .list_keys()
+        .await
+        .context("listing API keys")?
+        .iter()
+        .any(|k| k.revoked_at.is_none() && k.kind == KeyKind::Write)
+    {
+        println!(
+            "no active write key: create one with `sluice keys create --source NAME --kind write`"
+        );
+    }
     let state = AppState {
         log,
         keys,
@@ -118,13 +176,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.api.store).await?.into_warehouse();
     let log = open_log(&args.api.log, &[warehouse::GROUP]).await?;
     let config = args.consumer.config()?;
+    let first = create_first_keys(store.as_ref()).await?;
     let worker = tokio::spawn(run_warehouse(
         log.clone(),
         store.clone(),
         config,
         shutdown.clone(),
     ));
-    let api = run_api(&args.api, log, store, shutdown).await;
+    let api = run_api(&args.api, log, store, shutdown, first).await;
     let worker = worker
         .await
         .map_err(|e| anyhow::anyhow!("warehouse worker panicked: {e}"))?;
