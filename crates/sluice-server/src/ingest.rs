@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -164,9 +165,17 @@ pub async fn native(
 pub async fn legacy_track(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<KeyQuery>,
+    query: Result<Query<KeyQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // A malformed query string (e.g. `writeKey` twice) is a 400 in the API's JSON shape, not
+    // axum's plain-text rejection. The rejection text names fields, never their values.
+    let Query(q) = query.map_err(|e| {
+        ApiError::invalid(
+            "writeKey",
+            format!("invalid query string: {}", e.body_text()),
+        )
+    })?;
     ingest(state, Shape::Legacy, Some(peer), q.write_key, headers, body).await
 }

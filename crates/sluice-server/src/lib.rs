@@ -26,23 +26,13 @@ pub use auth::KeyCache;
 pub use error::ApiError;
 
 /// Settings of the HTTP surface.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     pub limits: Limits,
     /// Origins allowed by CORS; empty or `*` allows any.
     pub cors_origins: Vec<String>,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            limits: Limits::default(),
-            cors_origins: Vec::new(),
-            trust_forwarded_for: false,
-        }
-    }
 }
 
 /// What every handler shares. Cheap to clone.

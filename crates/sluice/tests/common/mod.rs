@@ -29,9 +29,16 @@ pub fn fresh_prefix() -> String {
 
 /// Delete every key under `prefix` (sync client, so it can run in `Drop`).
 pub fn delete_prefix(prefix: &str) {
-    let Ok(client) = redis::Client::open(redis_url()) else { return };
-    let Ok(mut conn) = client.get_connection() else { return };
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap_or_default();
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
     if !keys.is_empty() {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
     }
@@ -58,27 +65,41 @@ impl TestApp {
     }
 
     /// Start the app with a server config and a chance to adjust the log config.
-    pub async fn spawn_with(config: ServerConfig, tweak: impl FnOnce(&mut RedisLogConfig)) -> TestApp {
+    pub async fn spawn_with(
+        config: ServerConfig,
+        tweak: impl FnOnce(&mut RedisLogConfig),
+    ) -> TestApp {
         let prefix = fresh_prefix();
         let mut log_config = RedisLogConfig::new(redis_url());
         log_config.prefix = prefix.clone();
         log_config.shards = 4;
         tweak(&mut log_config);
-        let log = Arc::new(
-            RedisLog::connect(log_config)
-                .await
-                .unwrap_or_else(|e| panic!("Redis for tests is unreachable at {}: {e}", redis_url())),
-        );
+        let log =
+            Arc::new(RedisLog::connect(log_config).await.unwrap_or_else(|e| {
+                panic!("Redis for tests is unreachable at {}: {e}", redis_url())
+            }));
         let db = TestDb::create().await;
         let store = Arc::new(db.warehouse(PgOptions::default()).await);
         let source = "test-app".to_string();
-        let (write_key, _) = store.create_key(&source, KeyKind::Write).await.expect("create write key");
-        let (read_key, _) = store.create_key(&source, KeyKind::Read).await.expect("create read key");
+        let (write_key, _) = store
+            .create_key(&source, KeyKind::Write)
+            .await
+            .expect("create write key");
+        let (read_key, _) = store
+            .create_key(&source, KeyKind::Read)
+            .await
+            .expect("create read key");
         let keys = Arc::new(KeyCache::default());
         keys.refresh(store.as_ref()).await.expect("load keys");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
-        let state = AppState { log: log.clone(), keys: keys.clone(), config: Arc::new(config) };
+        let state = AppState {
+            log: log.clone(),
+            keys: keys.clone(),
+            config: Arc::new(config),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(sluice_server::serve(listener, state, async move {
             let _ = stopped.await;
@@ -94,7 +115,10 @@ impl TestApp {
             store,
             keys,
             db,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
             stop: Some(stop),
         }
     }
@@ -119,7 +143,12 @@ impl TestApp {
     }
 
     /// POST raw bytes with the given headers and no implicit auth.
-    pub async fn post_raw(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let mut req = self.http.post(self.url(path)).body(body);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -134,10 +163,17 @@ impl TestApp {
     /// exactly what a processor would).
     pub async fn read_log(&self) -> Vec<Entry> {
         let group = format!("reader-{}", uuid::Uuid::new_v4().simple());
-        self.log.ensure_group(&group, StartFrom::Beginning).await.expect("group");
+        self.log
+            .ensure_group(&group, StartFrom::Beginning)
+            .await
+            .expect("group");
         let mut all = Vec::new();
         loop {
-            let batch = self.log.read_new(&group, "reader", 1000, Duration::from_millis(10)).await.expect("read");
+            let batch = self
+                .log
+                .read_new(&group, "reader", 1000, Duration::from_millis(10))
+                .await
+                .expect("read");
             if batch.is_empty() {
                 break;
             }
@@ -148,12 +184,161 @@ impl TestApp {
 
     /// The events in the log, decoded.
     pub async fn logged_events(&self) -> Vec<Event> {
-        self.read_log().await.iter().map(|e| Event::from_json(&e.payload).expect("canonical event JSON")).collect()
+        self.read_log()
+            .await
+            .iter()
+            .map(|e| Event::from_json(&e.payload).expect("canonical event JSON"))
+            .collect()
+    }
+
+    /// Send any request and keep everything a test may assert on.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    /// POST a JSON body with the given authentication.
+    pub async fn post_auth(&self, path: &str, auth: Auth<'_>, body: &Value) -> Resp {
+        let req = auth.apply(self.http.post(self.url(path)).json(body));
+        self.send(req).await
+    }
+
+    /// POST raw bytes with the write key as HTTP Basic username plus the given headers.
+    pub async fn post_bytes(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .basic_auth(&self.write_key, Some(""))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
+    }
+
+    /// Panic unless the log holds no event at all.
+    pub async fn assert_log_empty(&self, what: &str) {
+        let events = self.logged_events().await;
+        assert!(
+            events.is_empty(),
+            "{what}: expected nothing in the log, found {} event(s): {events:?}",
+            events.len()
+        );
+    }
+
+    /// The logged event with this `event_id`; panics unless there is exactly one.
+    pub async fn logged_event(&self, event_id: &str) -> Event {
+        let mut found: Vec<Event> = self
+            .logged_events()
+            .await
+            .into_iter()
+            .filter(|e| e.event_id == event_id)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected exactly one logged event with event_id {event_id:?}, found {found:?}"
+        );
+        found.remove(0)
     }
 
     pub fn warehouse(&self) -> Arc<dyn Warehouse> {
         self.store.clone()
     }
+}
+
+/// A response with its status, headers, raw text and (when it is JSON) parsed body.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    /// `Value::Null` when the body is not JSON.
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Panic unless this is an error answer in the API's JSON shape with `status` and `code`.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "status; body: {}", self.text);
+        assert_eq!(
+            self.body["success"], false,
+            "error body must say success:false: {}",
+            self.text
+        );
+        assert_eq!(self.body["error"], code, "error code; body: {}", self.text);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error body needs a message: {}",
+            self.text
+        );
+        assert!(
+            self.header("content-type")
+                .is_some_and(|c| c.starts_with("application/json")),
+            "error body must be JSON: {:?}",
+            self.headers
+        );
+    }
+
+    /// The `(path, message)` pairs of an error body's `errors`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        self.body["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p["path"].as_str().unwrap_or("<no path>").to_string(),
+                            p["message"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// How a request presents its key.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    /// HTTP Basic with the key as username and an empty password (Segment's convention).
+    Basic(&'a str),
+    Bearer(&'a str),
+}
+
+impl Auth<'_> {
+    pub fn apply(self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Auth::None => req,
+            Auth::Basic(k) => req.basic_auth(k, Some("")),
+            Auth::Bearer(k) => req.bearer_auth(k),
+        }
+    }
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip write");
+    e.finish().expect("gzip finish")
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).expect("zstd")
 }
 
 impl Drop for TestApp {
