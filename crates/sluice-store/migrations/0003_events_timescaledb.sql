@@ -30,7 +30,9 @@ SELECT create_hypertable(
 
 CREATE INDEX events_source_user_ts_idx ON events (source, user_id, ts);
 CREATE INDEX events_source_anon_ts_idx ON events (source, anonymous_id, ts);
-CREATE INDEX events_ts_idx ON events (ts);
+-- BRIN: events arrive roughly in time order, so a block-range index serves time-range scans at a
+-- fraction of a btree's insert cost.
+CREATE INDEX events_ts_idx ON events USING brin (ts);
 
 ALTER TABLE events SET (
     timescaledb.compress,

@@ -25,6 +25,9 @@ use sluice_core::Event;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+/// Per-connection `work_mem`.
+const WORK_MEM: &str = "32MB";
+
 /// Whether the raw `events` table is a TimescaleDB hypertable. Only matters the first time the
 /// schema is created; afterwards the recorded migration decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,7 +102,10 @@ impl PgWarehouse {
             .connect_timeout(opts.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
-            .options(format!("-c statement_timeout={statement_ms}"));
+            // work_mem: a 10,000-event batch sorts in memory instead of spilling to disk.
+            .options(format!(
+                "-c statement_timeout={statement_ms} -c work_mem={WORK_MEM}"
+            ));
         if config.get_application_name().is_none() {
             config.application_name("sluice");
         }

@@ -34,23 +34,28 @@ FROM STDIN (FORMAT binary)";
 /// (sorted, so concurrent transactions lock keys in the same order and cannot deadlock; a key
 /// held by a concurrent transaction makes this one wait, then skip it), then insert only the
 /// claimed events (first occurrence in the batch) and add exactly those to the rollups. Returns
-/// the number of events inserted.
+/// the number of events inserted. Only the narrow `(source, event_id, ord)` is sorted; wide rows
+/// are joined back by `ord`.
 ///
 /// Rollup name rule, used everywhere: `coalesce(name, kind)`.
 pub(crate) const COMMIT_STAGED: &str = "
-WITH claimed AS (
-    INSERT INTO event_dedupe (source, event_id)
-    SELECT DISTINCT ON (source, event_id) source, event_id
+WITH firsts AS (
+    SELECT DISTINCT ON (source, event_id) source, event_id, ord
     FROM sluice_staging
+    ORDER BY source, event_id, ord
+),
+claimed AS (
+    INSERT INTO event_dedupe (source, event_id)
+    SELECT source, event_id FROM firsts
     ORDER BY source, event_id
     ON CONFLICT DO NOTHING
     RETURNING source, event_id
 ),
-new_events AS (
-    SELECT DISTINCT ON (s.source, s.event_id) s.*
-    FROM sluice_staging s
-    JOIN claimed c ON c.source = s.source AND c.event_id = s.event_id
-    ORDER BY s.source, s.event_id, s.ord
+new_events AS MATERIALIZED (
+    SELECT s.*
+    FROM claimed c
+    JOIN firsts f ON f.source = c.source AND f.event_id = c.event_id
+    JOIN sluice_staging s ON s.ord = f.ord
 ),
 ins_events AS (
     INSERT INTO events (event_id, source, kind, name, user_id, anonymous_id, group_id,
@@ -70,9 +75,18 @@ ins_counts AS (
 ),
 ins_dau AS (
     INSERT INTO daily_active_users (day, source, user_key)
-    SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date, source, coalesce(user_id, anonymous_id)
-    FROM new_events
-    WHERE coalesce(user_id, anonymous_id) IS NOT NULL
+    SELECT u.day, u.source, u.user_key
+    FROM (
+        SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS day, source,
+            coalesce(user_id, anonymous_id) AS user_key
+        FROM new_events
+        WHERE coalesce(user_id, anonymous_id) IS NOT NULL
+    ) u
+    -- Most users of a batch are already counted today: skip them without a speculative insert.
+    WHERE NOT EXISTS (
+        SELECT 1 FROM daily_active_users d
+        WHERE d.day = u.day AND d.source = u.source AND d.user_key = u.user_key
+    )
     ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING
 )
