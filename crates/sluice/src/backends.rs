@@ -20,7 +20,7 @@ pub struct LogArgs {
         env = "SLUICE_LOG_URL",
         default_value = "redis://127.0.0.1:6379/0"
     )]
-    pub url: String,
+    pub log_url: String,
     /// Key prefix of the Redis streams.
     #[arg(long, env = "SLUICE_LOG_PREFIX")]
     pub log_prefix: Option<String>,
@@ -45,7 +45,7 @@ pub struct StoreUrlArgs {
         env = "SLUICE_STORE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/sluice"
     )]
-    pub url: String,
+    pub store_url: String,
     /// Drop raw events older than this many days (default: keep everything).
     #[arg(long, env = "SLUICE_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
@@ -58,14 +58,14 @@ fn scheme(url: &str) -> &str {
     url.split_once(':').map_or(url, |(s, _)| s)
 }
 
-/// Open the event log named by `args.url`.
+/// Open the event log named by `args.log_url`.
 pub async fn open_log(
     args: &LogArgs,
     required_groups: &[&str],
 ) -> anyhow::Result<Arc<dyn EventLog>> {
-    match scheme(&args.url) {
+    match scheme(&args.log_url) {
         "redis" | "rediss" => {
-            let mut config = RedisLogConfig::from_url(&args.url).context("invalid --log URL")?;
+            let mut config = RedisLogConfig::from_url(&args.log_url).context("invalid --log URL")?;
             if let Some(p) = &args.log_prefix {
                 config.prefix = p.clone();
             }
@@ -82,7 +82,7 @@ pub async fn open_log(
             let log = RedisLog::connect(config).await.context("cannot open the Redis event log")?;
             Ok(Arc::new(log))
         }
-        "kafka" => bail!("this sluice was built without the `kafka` feature; rebuild with `--features kafka` to use {}", args.url),
+        "kafka" => bail!("this sluice was built without the `kafka` feature; rebuild with `--features kafka` to use {}", args.log_url),
         "embedded" => bail!("the embedded event log is not available in this build yet; use --log redis://HOST:PORT"),
         other => bail!("unknown event log URL scheme {other:?}: use redis://HOST:PORT/DB"),
     }
@@ -101,16 +101,16 @@ impl Store {
     }
 }
 
-/// Open the warehouse named by `args.url` and apply its migrations.
+/// Open the warehouse named by `args.store_url` and apply its migrations.
 pub async fn open_store(args: &StoreUrlArgs) -> anyhow::Result<Store> {
-    match scheme(&args.url) {
+    match scheme(&args.store_url) {
         "postgres" | "postgresql" => {
             let opts = PgOptions {
                 retention_days: args.retention_days,
                 dedupe_window: Duration::from_secs(args.dedupe_window_hours * 3600),
                 ..PgOptions::default()
             };
-            let pg = PgWarehouse::connect(&args.url, opts)
+            let pg = PgWarehouse::connect(&args.store_url, opts)
                 .await
                 .context("cannot connect to PostgreSQL")?;
             pg.migrate()

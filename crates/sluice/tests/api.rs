@@ -1327,6 +1327,39 @@ async fn cors_preflight_is_answered() {
     );
 }
 
+#[tokio::test]
+async fn cors_with_configured_origins_allows_only_those() {
+    let config = ServerConfig {
+        cors_origins: vec!["https://allowed.example".into()],
+        ..ServerConfig::default()
+    };
+    let app = TestApp::spawn_with(config, |_| {}).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/v1/track"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+    };
+    let resp = app.send(preflight("https://allowed.example")).await;
+    assert_eq!(
+        resp.header("access-control-allow-origin"),
+        Some("https://allowed.example"),
+        "{:?}",
+        resp.headers
+    );
+    let resp = app.send(preflight("https://evil.example")).await;
+    assert_eq!(
+        resp.header("access-control-allow-origin"),
+        None,
+        "{:?}",
+        resp.headers
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backpressure and an unreachable Redis
 // ---------------------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ async fn run_api(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, log = %redact(&args.log.url), store = %redact(&args.store.url), "sluice API listening");
+    tracing::info!(%addr, log = %redact(&args.log.log_url), store = %redact(&args.store.store_url), "sluice API listening");
     println!("sluice API listening on http://{addr}");
     if let Some(first) = first_keys {
         print_first_keys(&first, addr);

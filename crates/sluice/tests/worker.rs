@@ -1,0 +1,571 @@
+//! The warehouse worker against the real Redis and PostgreSQL: exactly-once effects under
+//! redelivery, crashes (the real binary, `kill -9`), two workers in one group, PostgreSQL
+//! connections dropped mid-run, poison entries, and trimming.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use rand::{Rng, SeedableRng};
+use sluice_core::log::{DeadLetter, Entry, EventLog, GroupLag, LogError, Record, StartFrom};
+use sluice_core::shard::shard_of;
+use sluice_core::Event;
+use sluice_store::testing::conformance::{event, Probe};
+use sluice_store::testing::{PgProbe, TestDb};
+use sluice_store::{PgOptions, PgWarehouse};
+use sluice_stream::redis::{RedisLog, RedisLogConfig};
+use sluice_worker::warehouse::{WarehouseProcessor, GROUP};
+use sluice_worker::{ConsumerConfig, Worker};
+use tokio::sync::oneshot;
+
+const SHARDS: u32 = 4;
+const SOURCE: &str = "worker-test";
+
+struct Env {
+    prefix: String,
+    log: Arc<RedisLog>,
+    db: TestDb,
+    store: Arc<PgWarehouse>,
+    probe: PgProbe,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let prefix = common::fresh_prefix();
+        let mut config = RedisLogConfig::new(common::redis_url());
+        config.prefix = prefix.clone();
+        config.shards = SHARDS;
+        config.high_water_mark = u64::MAX;
+        let log = Arc::new(
+            RedisLog::connect(config)
+                .await
+                .expect("Redis for tests must be reachable"),
+        );
+        let db = TestDb::create().await;
+        let store = Arc::new(db.warehouse(PgOptions::default()).await);
+        let probe = db.probe().await;
+        Env {
+            prefix,
+            log,
+            db,
+            store,
+            probe,
+        }
+    }
+
+    /// The `--log` URL of this test's streams, for spawned binaries.
+    fn log_url(&self) -> String {
+        format!(
+            "{}?prefix={}&shards={SHARDS}",
+            common::redis_url(),
+            self.prefix
+        )
+    }
+
+    async fn append(&self, events: &[Event]) {
+        for chunk in events.chunks(2_000) {
+            let records = chunk
+                .iter()
+                .map(|e| Record {
+                    shard: shard_of(e, SHARDS),
+                    payload: Bytes::from(e.to_json()),
+                })
+                .collect();
+            self.log.append(records).await.expect("append");
+        }
+    }
+
+    async fn backlog(&self) -> u64 {
+        let lag = self.log.lag().await.expect("lag");
+        lag.iter()
+            .filter(|g| g.group == GROUP)
+            .map(GroupLag::backlog)
+            .sum()
+    }
+
+    /// Wait until the warehouse group has processed everything and `events` holds `expected`
+    /// rows for the source.
+    async fn wait_drained(&self, expected: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let stored = self.probe.events_count(SOURCE).await.expect("count");
+            let backlog = self.backlog().await;
+            if stored >= expected && backlog == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not drained in {within:?}: {stored}/{expected} stored, backlog {backlog}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn assert_exact(&self, unique: i64) {
+        assert_eq!(
+            self.probe.events_count(SOURCE).await.expect("count"),
+            unique,
+            "every event exactly once"
+        );
+        let distinct: i64 = self
+            .probe
+            .client()
+            .query_one(
+                "SELECT count(DISTINCT event_id) FROM events WHERE source = $1",
+                &[&SOURCE],
+            )
+            .await
+            .expect("distinct")
+            .get(0);
+        assert_eq!(distinct, unique, "no event stored twice");
+        let diffs = self.probe.rollup_mismatches().await.expect("rollups");
+        assert!(
+            diffs.is_empty(),
+            "rollups differ from GROUP BY over events:\n{}",
+            diffs.join("\n")
+        );
+    }
+
+    fn spawn_worker(&self, consumer: &str) -> ChildGuard {
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "worker",
+                "--processor",
+                "warehouse",
+                "--log",
+                &self.log_url(),
+                "--store",
+                &self.db.url,
+            ])
+            .args([
+                "--consumer",
+                consumer,
+                "--batch-size",
+                "2000",
+                "--max-wait",
+                "50ms",
+                "--claim-idle",
+                "2s",
+            ])
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sluice worker");
+        ChildGuard(child)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        common::delete_prefix(&self.prefix);
+    }
+}
+
+/// Kills the child process when dropped.
+struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `n` events over many users, names and minutes (some late: hours or days old).
+fn events(prefix: &str, n: usize, names: usize, seed: u64) -> Vec<Event> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let base = Utc
+        .with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+        .single()
+        .expect("time");
+    (0..n)
+        .map(|i| {
+            let ts = base + chrono::Duration::seconds(rng.random_range(-3 * 86_400..3_600));
+            let user = format!("user-{}", rng.random_range(0..500));
+            let name = format!("event-{}", rng.random_range(0..names));
+            event(SOURCE, &format!("{prefix}-{i}"), &name, Some(&user), ts)
+        })
+        .collect()
+}
+
+fn consumer(name: &str) -> ConsumerConfig {
+    let mut c = ConsumerConfig::new(name);
+    c.batch_size = 1_000;
+    c.max_wait = Duration::from_millis(20);
+    c.claim_idle = Duration::from_secs(1);
+    c.claim_every = Duration::from_millis(200);
+    c
+}
+
+/// Run an in-process worker over `log` until the returned sender fires.
+fn run_worker(
+    log: Arc<dyn EventLog>,
+    store: Arc<PgWarehouse>,
+    name: &str,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = Worker::new(
+        log,
+        Arc::new(WarehouseProcessor::new(store)),
+        consumer(name),
+    );
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("worker");
+    });
+    (stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_equal_group_by_with_duplicates_late_events_and_many_names() {
+    let env = Env::new().await;
+    // 45,000 distinct names, each event twice in the log (a client retry), plus late events.
+    let mut evs = events("many", 45_000, 1_000_000, 1);
+    for (i, e) in evs.iter_mut().enumerate() {
+        e.name = Some(format!("name-{i}"));
+    }
+    let retries: Vec<Event> = evs
+        .iter()
+        .step_by(3)
+        .cloned()
+        .map(|mut e| {
+            e.sent_at = Some(e.sent_at.unwrap_or(e.timestamp) + chrono::Duration::seconds(30));
+            e.timestamp += chrono::Duration::seconds(5);
+            e
+        })
+        .collect();
+    env.append(&evs).await;
+    env.append(&retries).await;
+    let (stop, handle) = run_worker(env.log.clone(), env.store.clone(), "w1");
+    env.wait_drained(45_000, Duration::from_secs(120)).await;
+    let _ = stop.send(());
+    handle.await.expect("join");
+    env.assert_exact(45_000).await;
+    let distinct_names: i64 = env
+        .probe
+        .client()
+        .query_one(
+            "SELECT count(DISTINCT name) FROM event_counts_1m WHERE source = $1",
+            &[&SOURCE],
+        )
+        .await
+        .expect("names")
+        .get(0);
+    assert_eq!(distinct_names, 45_000);
+}
+
+/// An `EventLog` whose acks are lost: the effect of a crash after commit, before XACK.
+struct LosesAcks(Arc<RedisLog>);
+
+#[async_trait]
+impl EventLog for LosesAcks {
+    fn shards(&self) -> u32 {
+        self.0.shards()
+    }
+    async fn append(&self, records: Vec<Record>) -> Result<(), LogError> {
+        self.0.append(records).await
+    }
+    async fn ensure_group(&self, group: &str, start: StartFrom) -> Result<(), LogError> {
+        self.0.ensure_group(group, start).await
+    }
+    async fn read_new(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, LogError> {
+        self.0.read_new(group, consumer, count, block).await
+    }
+    async fn read_own_pending(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, LogError> {
+        self.0.read_own_pending(group, consumer, count).await
+    }
+    async fn claim_idle(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Entry>, LogError> {
+        self.0.claim_idle(group, consumer, min_idle, count).await
+    }
+    async fn ack(&self, _group: &str, _entries: &[Entry]) -> Result<(), LogError> {
+        Ok(())
+    }
+    async fn dead_letter(&self, group: &str, entries: &[(Entry, String)]) -> Result<(), LogError> {
+        self.0.dead_letter(group, entries).await
+    }
+    async fn dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, LogError> {
+        self.0.dead_letters(count).await
+    }
+    async fn trim(&self) -> Result<u64, LogError> {
+        Ok(0)
+    }
+    async fn lag(&self) -> Result<Vec<GroupLag>, LogError> {
+        self.0.lag().await
+    }
+    async fn len(&self) -> Result<u64, LogError> {
+        self.0.len().await
+    }
+    async fn ping(&self) -> Result<(), LogError> {
+        self.0.ping().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_of_a_committed_batch_adds_nothing() {
+    let env = Env::new().await;
+    env.append(&events("redeliver", 5_000, 20, 2)).await;
+    // First run commits everything but every ack is lost.
+    let (stop, handle) = run_worker(
+        Arc::new(LosesAcks(env.log.clone())),
+        env.store.clone(),
+        "w1",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.probe.events_count(SOURCE).await.expect("count") < 5_000 {
+        assert!(Instant::now() < deadline, "first run did not commit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    handle.await.expect("join");
+    let pending: u64 = env
+        .log
+        .lag()
+        .await
+        .expect("lag")
+        .iter()
+        .filter(|g| g.group == GROUP)
+        .map(|g| g.pending)
+        .sum();
+    assert_eq!(
+        pending, 5_000,
+        "all entries still pending: the acks were lost"
+    );
+    // The same consumer restarts: its pending entries are redelivered and committed again.
+    let worker = Worker::new(
+        env.log.clone() as Arc<dyn EventLog>,
+        Arc::new(WarehouseProcessor::new(env.store.clone())),
+        consumer("w1"),
+    );
+    let stats = worker.stats();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    env.wait_drained(5_000, Duration::from_secs(60)).await;
+    let _ = stop.send(());
+    handle.await.expect("join").expect("worker");
+    assert_eq!(
+        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        5_000,
+        "every redelivered event was recognised"
+    );
+    env.assert_exact(5_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_worker_binary_repeatedly() {
+    let env = Env::new().await;
+    const N: usize = 200_000;
+    env.append(&events("kill", N, 50, 3)).await;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut kills = 0;
+    let mut worker = env.spawn_worker("killed");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while kills < 12 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        worker.kill9();
+        kills += 1;
+        let stored = env.probe.events_count(SOURCE).await.expect("count");
+        assert!(
+            Instant::now() < deadline,
+            "too slow: {stored} stored after {kills} kills"
+        );
+        // Alternate: restart with the same name (resumes its pending entries at once) or a new
+        // name (claims the dead consumer's entries once idle).
+        let name = if kills % 3 == 0 {
+            format!("fresh-{kills}")
+        } else {
+            "killed".to_string()
+        };
+        worker = env.spawn_worker(&name);
+        if stored as usize >= N && env.backlog().await == 0 {
+            break;
+        }
+    }
+    env.wait_drained(N as i64, Duration::from_secs(240)).await;
+    drop(worker);
+    assert!(
+        kills >= 10,
+        "only {kills} kills happened before the backlog drained; feed more events"
+    );
+    env.assert_exact(N as i64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_in_one_group() {
+    let env = Env::new().await;
+    const N: usize = 60_000;
+    env.append(&events("two", N, 30, 4)).await;
+    let a = env.spawn_worker("a");
+    let b = env.spawn_worker("b");
+    env.wait_drained(N as i64, Duration::from_secs(180)).await;
+    drop((a, b));
+    env.assert_exact(N as i64).await;
+    let consumers: Vec<String> = {
+        let mut conn = redis::Client::open(common::redis_url())
+            .expect("client")
+            .get_connection()
+            .expect("conn");
+        let info: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(format!("{}:events:0", env.prefix))
+            .arg(GROUP)
+            .query(&mut conn)
+            .expect("xinfo");
+        info.iter().map(|v| format!("{v:?}")).collect()
+    };
+    assert_eq!(consumers.len(), 2, "both workers consumed: {consumers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_dropped_mid_run() {
+    let env = Env::new().await;
+    const N: usize = 60_000;
+    env.append(&events("pgdrop", N, 30, 5)).await;
+    let (stop, handle) = run_worker(env.log.clone(), env.store.clone(), "w1");
+    let mut terminated = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stored = env.probe.events_count(SOURCE).await.expect("count");
+        if stored as usize >= N {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not recover: {stored}/{N}");
+        let row = env
+            .probe
+            .client()
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("terminate");
+        terminated += row.get::<_, i64>(0);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    env.wait_drained(N as i64, Duration::from_secs(60)).await;
+    let _ = stop.send(());
+    handle.await.expect("join");
+    assert!(
+        terminated > 0,
+        "no connection was terminated; the test proved nothing"
+    );
+    env.assert_exact(N as i64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_go_to_the_dead_letter_stream() {
+    let env = Env::new().await;
+    let good = events("poison", 100, 5, 6);
+    env.append(&good[..50]).await;
+    env.log
+        .append(vec![
+            Record {
+                shard: 1,
+                payload: Bytes::from_static(b"{not json"),
+            },
+            Record {
+                shard: 2,
+                payload: Bytes::from_static(br#"{"kind":"track","event_id":"x"}"#),
+            },
+        ])
+        .await
+        .expect("append poison");
+    // A NUL character PostgreSQL's jsonb refuses: valid JSON, rejected by the warehouse.
+    let mut nul = event(SOURCE, "poison-nul", "has\u{0}nul", Some("u"), Utc::now());
+    nul.properties
+        .insert("bad".into(), serde_json::Value::String("a\u{0}b".into()));
+    env.append(&[nul]).await;
+    env.append(&good[50..]).await;
+    let (stop, handle) = run_worker(env.log.clone(), env.store.clone(), "w1");
+    env.wait_drained(100, Duration::from_secs(60)).await;
+    let _ = stop.send(());
+    handle.await.expect("join");
+    env.assert_exact(100).await;
+    let dead = env.log.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(
+        dead.iter().any(
+            |d| &d.payload[..] == b"{not json" && d.reason.contains("not a valid sluice event")
+        ),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter()
+            .any(|d| d.payload.starts_with(br#"{"kind":"track""#)),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter()
+            .any(|d| d.reason.contains("rejected by warehouse")),
+        "{dead:?}"
+    );
+    assert!(dead.iter().all(|d| d.group == GROUP));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_keeps_what_a_slow_group_has_not_processed() {
+    let env = Env::new().await;
+    env.log
+        .ensure_group("slow", StartFrom::Beginning)
+        .await
+        .expect("slow group");
+    env.append(&events("trim", 3_000, 5, 8)).await;
+    let (stop, handle) = run_worker(env.log.clone(), env.store.clone(), "w1");
+    env.wait_drained(3_000, Duration::from_secs(60)).await;
+    let _ = stop.send(());
+    handle.await.expect("join");
+    env.log.trim().await.expect("trim");
+    assert_eq!(
+        env.log.len().await.expect("len"),
+        3_000,
+        "the slow group has processed nothing, so nothing may go"
+    );
+    // Once the slow group has read and acked everything, trimming removes (nearly) all of it.
+    loop {
+        let batch = env
+            .log
+            .read_new("slow", "s", 1_000, Duration::from_millis(10))
+            .await
+            .expect("read");
+        if batch.is_empty() {
+            break;
+        }
+        env.log.ack("slow", &batch).await.expect("ack");
+    }
+    env.log.trim().await.expect("trim");
+    let left = env.log.len().await.expect("len");
+    assert!(left <= SHARDS as u64, "processed entries remain: {left}");
+}
