@@ -248,8 +248,8 @@ pub fn parse_body<'a>(
             ),
         )]);
     }
-    if matches!(shape, Shape::SegmentSingle(_) | Shape::Legacy) {
-        // The key may be in the single message itself.
+    if matches!(shape, Shape::SegmentSingle(_) | Shape::Legacy) && out.items[0].contains("\"writeKey\"") {
+        // The key may be in the single message itself (parsed only when it can be there).
         if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(out.items[0]) {
             if let Some(Value::String(k)) = m.get("writeKey") {
                 if !k.is_empty() {
