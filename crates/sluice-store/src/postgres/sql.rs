@@ -74,19 +74,11 @@ ins_counts AS (
     ON CONFLICT (bucket, source, name) DO UPDATE SET count = c.count + EXCLUDED.count
 ),
 ins_dau AS (
+    -- ON CONFLICT's pre-check makes an already-counted user a single index probe.
     INSERT INTO daily_active_users (day, source, user_key)
-    SELECT u.day, u.source, u.user_key
-    FROM (
-        SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS day, source,
-            coalesce(user_id, anonymous_id) AS user_key
-        FROM new_events
-        WHERE coalesce(user_id, anonymous_id) IS NOT NULL
-    ) u
-    -- Most users of a batch are already counted today: skip them without a speculative insert.
-    WHERE NOT EXISTS (
-        SELECT 1 FROM daily_active_users d
-        WHERE d.day = u.day AND d.source = u.source AND d.user_key = u.user_key
-    )
+    SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date, source, coalesce(user_id, anonymous_id)
+    FROM new_events
+    WHERE coalesce(user_id, anonymous_id) IS NOT NULL
     ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING
 )
