@@ -248,7 +248,9 @@ pub fn parse_body<'a>(
             ),
         )]);
     }
-    if matches!(shape, Shape::SegmentSingle(_) | Shape::Legacy) && out.items[0].contains("\"writeKey\"") {
+    if matches!(shape, Shape::SegmentSingle(_) | Shape::Legacy)
+        && out.items[0].contains("\"writeKey\"")
+    {
         // The key may be in the single message itself (parsed only when it can be there).
         if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(out.items[0]) {
             if let Some(Value::String(k)) = m.get("writeKey") {

@@ -2,6 +2,8 @@
 //! API keys live.
 
 use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeyKind, KeyRecord};
 
@@ -58,6 +60,8 @@ pub struct CommitOutcome {
 
 /// Where processed events and rollups live. One `commit_batch` is one transaction: raw events,
 /// rollups and the consumer positions change together or not at all.
+// The query/alert methods have interim defaults (unused parameters) until every backend has them.
+#[allow(unused_variables)]
 #[async_trait]
 pub trait Warehouse: KeyStore {
     /// Store a batch exactly once: dedupe by `(source, event_id)`, insert new events, add them to
@@ -77,4 +81,201 @@ pub trait Warehouse: KeyStore {
 
     /// Whether the warehouse answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Store alerts exactly once (unique by `(source, rule, subject, window_start)`) and record
+    /// `positions` for `group`, in one transaction. Returns how many were new.
+    async fn commit_alerts(
+        &self,
+        group: &str,
+        alerts: &[Alert],
+        positions: &[ShardPosition],
+    ) -> Result<u64, StoreError> {
+        Err(unsupported())
+    }
+
+    /// Which of `event_ids` of `source` are stored (verification: `sluice bench --verify`).
+    async fn stored_event_ids(
+        &self,
+        source: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        Err(unsupported())
+    }
+
+    /// Rows in `events` of `source` whose id starts with `prefix`, and how many distinct ids
+    /// they have (rows − distinct = duplicates; verification).
+    async fn count_by_id_prefix(
+        &self,
+        source: &str,
+        prefix: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        Err(unsupported())
+    }
+
+    // --- Queries (read key scoped to one source). Time ranges are half-open `[from, to)`. ---
+
+    /// Event counts per bucket from the per-minute rollup, for one event name or all; buckets
+    /// with no events are included with 0.
+    async fn counts(
+        &self,
+        source: &str,
+        event: Option<&str>,
+        range: TimeRange,
+        interval: Interval,
+    ) -> Result<Vec<CountPoint>, StoreError> {
+        Err(unsupported())
+    }
+
+    /// The most frequent event names over the range, most frequent first.
+    async fn top_events(
+        &self,
+        source: &str,
+        range: TimeRange,
+        limit: u32,
+    ) -> Result<Vec<NameCount>, StoreError> {
+        Err(unsupported())
+    }
+
+    /// Daily active users per day of the range (UTC days overlapping it), and distinct users over
+    /// all those days.
+    async fn active_users(
+        &self,
+        source: &str,
+        range: TimeRange,
+    ) -> Result<ActiveUsers, StoreError> {
+        Err(unsupported())
+    }
+
+    /// A user's most recent raw events, newest first.
+    async fn user_events(
+        &self,
+        source: &str,
+        user: &UserRef,
+        limit: u32,
+    ) -> Result<Vec<crate::Event>, StoreError> {
+        Err(unsupported())
+    }
+
+    /// Alerts whose window overlaps the range, newest first.
+    async fn alerts(
+        &self,
+        source: &str,
+        range: TimeRange,
+        limit: u32,
+    ) -> Result<Vec<Alert>, StoreError> {
+        Err(unsupported())
+    }
+}
+
+/// Interim default of the query/alert methods until every backend implements them.
+fn unsupported() -> StoreError {
+    StoreError::Other("not supported by this warehouse backend yet".into())
+}
+
+/// A half-open time range `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// Bucket width of a count series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Interval {
+    #[serde(rename = "1m")]
+    Minute,
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "1d")]
+    Day,
+}
+
+impl Interval {
+    pub fn parse(s: &str) -> Option<Interval> {
+        match s {
+            "1m" => Some(Interval::Minute),
+            "1h" => Some(Interval::Hour),
+            "1d" => Some(Interval::Day),
+            _ => None,
+        }
+    }
+
+    pub fn seconds(self) -> i64 {
+        match self {
+            Interval::Minute => 60,
+            Interval::Hour => 3_600,
+            Interval::Day => 86_400,
+        }
+    }
+
+    /// The start of the bucket holding `t` (UTC, aligned to the epoch).
+    pub fn bucket_of(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let secs = t.timestamp();
+        let start = secs - secs.rem_euclid(self.seconds());
+        DateTime::from_timestamp(start, 0).unwrap_or(t)
+    }
+
+    /// Every bucket start of `range`: from the bucket holding `from` up to before `to`.
+    pub fn buckets(self, range: TimeRange) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::new();
+        let mut t = self.bucket_of(range.from);
+        while t < range.to {
+            out.push(t);
+            t += chrono::Duration::seconds(self.seconds());
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountPoint {
+    pub bucket: DateTime<Utc>,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameCount {
+    pub name: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayCount {
+    pub day: NaiveDate,
+    pub users: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveUsers {
+    pub daily: Vec<DayCount>,
+    /// Distinct users over every day of the range.
+    pub distinct: u64,
+}
+
+/// Whose events to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    UserId(String),
+    AnonymousId(String),
+}
+
+/// An alert raised by the fraud/anomaly processor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub source: String,
+    /// Rule name, e.g. `user_rate`, `ip_many_users`, `name_burst`, `clock_skew`.
+    pub rule: String,
+    /// The user key or IP the alert is about.
+    pub subject: String,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    /// Events (or distinct users) counted in the window.
+    pub count: u64,
+    pub first_event_id: String,
+    pub last_event_id: String,
+    /// When the processor raised it.
+    pub created_at: DateTime<Utc>,
+    /// Rule-specific facts (threshold, event name, …).
+    #[serde(default)]
+    pub details: serde_json::Value,
 }
