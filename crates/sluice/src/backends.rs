@@ -88,6 +88,16 @@ pub async fn open_log(
     }
 }
 
+/// Open a warehouse by URL with default options (verification, tools).
+pub async fn open_store_url(url: &str) -> anyhow::Result<Store> {
+    open_store(&StoreUrlArgs {
+        store_url: url.to_string(),
+        retention_days: None,
+        dedupe_window_hours: 24 * 7,
+    })
+    .await
+}
+
 /// The warehouse backends this build has.
 pub enum Store {
     Postgres(PgWarehouse),

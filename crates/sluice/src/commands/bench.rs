@@ -23,6 +23,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::commands::verify;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -50,6 +53,19 @@ pub struct BenchArgs {
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// After sending, wait until every acked event is in the warehouse and report `landed`,
+    /// `missing`, `duplicates` and `freshness_ms` (ack → visible in the warehouse).
+    #[arg(long, requires = "store")]
+    pub verify: bool,
+    /// The warehouse to verify against (read directly).
+    #[arg(long = "store", env = "SLUICE_STORE_URL")]
+    pub store: Option<String>,
+    /// Longest wait for the warehouse to show every acked event.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub verify_timeout: Duration,
+    /// Sample one request in this many for freshness.
+    #[arg(long, default_value_t = 20)]
+    pub sample_every: u64,
 }
 
 /// Parse `30s`, `2m`, `500ms`, `1h`, or a bare number of seconds.
@@ -222,6 +238,11 @@ impl EventGen {
         );
     }
 
+    /// The `messageId` of this generator's event number `seq`.
+    fn event_id(&self, seq: u64) -> String {
+        format!("{}-{}-{}", self.run, self.task, seq)
+    }
+
     fn body(&mut self, batch_size: usize) -> Bytes {
         let mut out = String::with_capacity(600 * batch_size + 64);
         if batch_size <= 1 {
@@ -249,6 +270,8 @@ struct TaskResult {
     acked_events: u64,
     requests: u64,
     errors: BTreeMap<String, u64>,
+    /// Event ids of requests that were not acknowledged (they may still have landed).
+    unacked: Vec<String>,
 }
 
 struct Shared {
@@ -263,6 +286,7 @@ async fn run_task(
     auth: Arc<String>,
     mut generator: EventGen,
     shared: Arc<Shared>,
+    samples: Option<mpsc::Sender<(String, Instant)>>,
     start: Instant,
     deadline: Instant,
 ) -> TaskResult {
@@ -273,6 +297,7 @@ async fn run_task(
         acked_events: 0,
         requests: 0,
         errors: BTreeMap::new(),
+        unacked: Vec::new(),
     };
     let path = if args.batch_size <= 1 {
         "/v1/track"
@@ -306,6 +331,7 @@ async fn run_task(
                 }
             },
         };
+        let first_seq = generator.seq + 1;
         let body = generator.body(args.batch_size);
         let t0 = Instant::now();
         result.sent_events += batch;
@@ -317,6 +343,13 @@ async fn run_task(
                 let _ = result.histogram.record(micros.min(60_000_000));
                 result.acked_events += batch;
                 shared.acked.fetch_add(batch, Ordering::Relaxed);
+                if let Some(samples) = &samples {
+                    if result.requests % args.sample_every.max(1) == 0 {
+                        // Full channel: skip the sample rather than slow the load down.
+                        let _ = samples.try_send((generator.event_id(first_seq), Instant::now()));
+                    }
+                }
+                continue;
             }
             Ok(Ok((status, _))) => {
                 *result
@@ -332,6 +365,11 @@ async fn run_task(
                 *result.errors.entry("timeout".into()).or_default() += 1;
                 sender = None;
             }
+        }
+        if args.verify {
+            result
+                .unacked
+                .extend((first_seq..first_seq + batch).map(|seq| generator.event_id(seq)));
         }
     }
     result
@@ -358,6 +396,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         acked: AtomicU64::new(0),
         sent: AtomicU64::new(0),
     });
+    let verify = match (&args.verify, &args.store) {
+        (true, Some(url)) => {
+            let store = crate::backends::open_store_url(url).await?.into_warehouse();
+            let source = verify::source_of(store.as_ref(), &args.write_key).await?;
+            Some((store, source))
+        }
+        _ => None,
+    };
+    let (sample_tx, sample_rx) = mpsc::channel::<(String, Instant)>(100_000);
+    let (done_tx, done_rx) = watch::channel(false);
+    let freshness = verify.as_ref().map(|(store, source)| {
+        tokio::spawn(verify::Freshness::run(
+            store.clone(),
+            source.clone(),
+            sample_rx,
+            done_rx,
+            args.verify_timeout,
+        ))
+    });
+    let sample_tx = verify.as_ref().map(|_| sample_tx);
     let args = Arc::new(args);
     let start = Instant::now();
     let deadline = start + args.duration;
@@ -401,6 +459,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             auth.clone(),
             generator,
             shared.clone(),
+            sample_tx.clone(),
             start,
             deadline,
         )));
@@ -408,6 +467,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut sent, mut acked, mut requests) = (0u64, 0u64, 0u64);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unacked: Vec<String> = Vec::new();
     for t in tasks {
         let r = t.await.context("a load task panicked")?;
         histogram.add(&r.histogram)?;
@@ -417,11 +477,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         for (k, v) in r.errors {
             *errors.entry(k).or_default() += v;
         }
+        unacked.extend(r.unacked);
     }
+    drop(sample_tx);
     let elapsed = start.elapsed().as_secs_f64();
     ticker.abort();
     progress.finish_and_clear();
-    let summary = json!({
+    let mut summary = json!({
         "run_id": run_id,
         "url": args.url,
         "batch_size": args.batch_size,
@@ -441,6 +503,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "max": ms(histogram.max()),
         },
     });
+    if let (Some((store, source)), Some(freshness)) = (&verify, freshness) {
+        let _ = done_tx.send(true);
+        let settled = verify::settle(
+            store.as_ref(),
+            source,
+            &run_id,
+            acked,
+            &unacked,
+            args.verify_timeout,
+        )
+        .await?;
+        let freshness = freshness.await.context("the freshness poller panicked")?;
+        if let Some(obj) = summary.as_object_mut() {
+            obj.insert("landed".into(), json!(settled.landed));
+            obj.insert("missing".into(), json!(settled.missing));
+            obj.insert("duplicates".into(), json!(settled.duplicates));
+            obj.insert("unacked_landed".into(), json!(settled.unacked_landed));
+            obj.insert(
+                "settle_wait_s".into(),
+                json!((settled.waited.as_secs_f64() * 1000.0).round() / 1000.0),
+            );
+            obj.insert("freshness_ms".into(), freshness.to_json());
+        }
+    }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
