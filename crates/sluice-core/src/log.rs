@@ -144,4 +144,25 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Whether the backend answers.
     async fn ping(&self) -> Result<(), LogError>;
+
+    /// Read entries appended after `cursor` without any consumer group (every API instance tails
+    /// the log for live aggregates). `TailCursor::default()` starts at the end. Waits up to
+    /// `block` when there is nothing new; returns the entries and the cursor to continue from.
+    async fn tail(
+        &self,
+        cursor: &TailCursor,
+        count: usize,
+        block: Duration,
+    ) -> Result<(Vec<Entry>, TailCursor), LogError> {
+        let _ = (cursor, count, block);
+        Err(LogError::Other(
+            "tailing is not supported by this event log backend yet".into(),
+        ))
+    }
+}
+
+/// Where a tail reader is: the last id seen per shard (`None`: start from the end).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TailCursor {
+    pub last: Vec<Option<String>>,
 }
