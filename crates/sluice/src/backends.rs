@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use sluice_core::log::EventLog;
 use sluice_core::warehouse::Warehouse;
-use sluice_store::postgres::{PgOptions, PgWarehouse};
+use sluice_store::postgres::{create_database_if_missing, PgOptions, PgWarehouse};
 use sluice_stream::redis::{RedisLog, RedisLogConfig};
 
 /// Event log settings shared by every role.
@@ -120,6 +120,12 @@ pub async fn open_store(args: &StoreUrlArgs) -> anyhow::Result<Store> {
                 dedupe_window: Duration::from_secs(args.dedupe_window_hours * 3600),
                 ..PgOptions::default()
             };
+            match create_database_if_missing(&args.store_url).await {
+                Ok(true) => tracing::info!("created the warehouse database"),
+                Ok(false) => {}
+                // Maybe no access to the maintenance database: connecting below says more.
+                Err(e) => tracing::debug!(error = %e, "could not check for the warehouse database"),
+            }
             let pg = PgWarehouse::connect(&args.store_url, opts)
                 .await
                 .context("cannot connect to PostgreSQL")?;
