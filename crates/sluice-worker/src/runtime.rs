@@ -48,6 +48,8 @@ pub struct ConsumerConfig {
     pub max_backoff: Duration,
     /// Where a new group starts.
     pub start_from: StartFrom,
+    /// Batches committed at once (in order of reading; each acked after its own commit).
+    pub commit_concurrency: usize,
 }
 
 impl ConsumerConfig {
@@ -62,6 +64,7 @@ impl ConsumerConfig {
             trim_every: Some(Duration::from_secs(10)),
             max_backoff: Duration::from_secs(5),
             start_from: StartFrom::Beginning,
+            commit_concurrency: 2,
         }
     }
 }
@@ -227,17 +230,38 @@ impl<P: Processor> Worker<P> {
             let stop = stop_rx.clone();
             tokio::spawn(async move { me.run(tx, stop).await })
         };
-        while let Some(batch) = rx.recv().await {
-            if !self.commit_and_ack(&group, batch, &stop_rx).await {
-                break;
+        // Up to `commit_concurrency` batches commit at once (each on its own warehouse
+        // connection); each is acknowledged as soon as its own commit is done.
+        let me = Arc::new(self);
+        let mut inflight = tokio::task::JoinSet::new();
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                done = inflight.join_next(), if !inflight.is_empty() => {
+                    if !matches!(done, Some(Ok(true))) {
+                        break;
+                    }
+                }
+                batch = rx.recv(), if reading && inflight.len() < me.config.commit_concurrency.max(1) => {
+                    match batch {
+                        Some(batch) => {
+                            let (me, group, stop) = (me.clone(), group.clone(), stop_rx.clone());
+                            inflight.spawn(async move { me.commit_and_ack(&group, batch, &stop).await });
+                        }
+                        None => reading = false,
+                    }
+                }
+                else => break,
             }
             if *stop_rx.borrow() {
-                break;
+                reading = false;
             }
         }
+        // Finish (or, on shutdown, abandon at the next retry) what is in flight.
+        while inflight.join_next().await.is_some() {}
         drop(rx);
         let _ = reader.await;
-        tracing::info!(%group, consumer = %self.config.consumer, "worker stopped");
+        tracing::info!(%group, consumer = %me.config.consumer, "worker stopped");
         Ok(())
     }
 

@@ -38,6 +38,9 @@ pub struct ConsumerArgs {
     /// Take over entries pending this long in another consumer.
     #[arg(long, env = "SLUICE_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration)]
     pub claim_idle: Duration,
+    /// Batches committed concurrently (each on its own warehouse connection).
+    #[arg(long, env = "SLUICE_COMMIT_CONCURRENCY", default_value_t = 2)]
+    pub commit_concurrency: usize,
     /// Deliveries after which an entry goes to the dead-letter stream.
     #[arg(long, env = "SLUICE_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
@@ -60,6 +63,7 @@ impl ConsumerArgs {
         c.max_wait = self.max_wait;
         c.claim_idle = self.claim_idle;
         c.max_deliveries = self.max_deliveries;
+        c.commit_concurrency = self.commit_concurrency.clamp(1, 16);
         Ok(c)
     }
 }
