@@ -147,7 +147,10 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Read entries appended after `cursor` without any consumer group (every API instance tails
     /// the log for live aggregates). `TailCursor::default()` starts at the end. Waits up to
-    /// `block` when there is nothing new; returns the entries and the cursor to continue from.
+    /// `block` when there is nothing new (a zero `block` does not wait); returns at most `count`
+    /// entries, in order within each shard, and the cursor to continue from. The returned cursor
+    /// is concrete (a position for every shard, never "the end" again), so nothing appended
+    /// between two calls is missed.
     async fn tail(
         &self,
         cursor: &TailCursor,

@@ -1,12 +1,14 @@
 //! The Redis Streams backend of `EventLog` (`redis://…`): `RedisLog` owns the shard streams
 //! `{prefix}:events:{shard}`, the dead-letter stream `{prefix}:dead`, the coalescing append path
-//! (`writer`), the backpressure poller (`backpressure`) and the consumer-group commands below.
+//! (`writer`), the backpressure poller (`backpressure`), group-less tailing (`tail`) and the
+//! consumer-group commands below.
 //! The on-Redis format is documented in `docs/log-format.md`.
 
 mod backpressure;
 mod config;
 mod conn;
 mod reply;
+mod tail;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,7 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{RedisResult, Value};
-use sluice_core::log::{DeadLetter, Entry, EventLog, GroupLag, LogError, Record, StartFrom};
+use sluice_core::log::{
+    DeadLetter, Entry, EventLog, GroupLag, LogError, Record, StartFrom, TailCursor,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -760,6 +764,15 @@ impl EventLog for RedisLog {
             )
             .await?;
         Ok(lens.iter().sum())
+    }
+
+    async fn tail(
+        &self,
+        cursor: &TailCursor,
+        count: usize,
+        block: Duration,
+    ) -> Result<(Vec<Entry>, TailCursor), LogError> {
+        self.tail_streams(cursor, count, block).await
     }
 
     async fn ping(&self) -> Result<(), LogError> {

@@ -506,3 +506,103 @@ pub async fn concurrent_appends_all_land_once(log: &dyn EventLog, n: usize) {
     assert_eq!(got.len(), n);
     assert_eq!(payloads, (0..n).map(|i| format!("c{i}")).collect());
 }
+
+/// Group-less tailing: a default cursor starts at the end (older entries are not seen) and comes
+/// back concrete; every later entry is returned exactly once across calls, at most `count` per
+/// call, in order per shard; a blocked tail wakes on append and respects its block time; tailing
+/// creates no consumer group and moves no group.
+pub async fn tail_reads_new_entries_without_a_group(log: &dyn EventLog) {
+    use sluice_core::log::TailCursor;
+
+    log.append(records(log, "before", 10))
+        .await
+        .expect("append");
+    let (none, cursor) = log
+        .tail(&TailCursor::default(), 100, Duration::ZERO)
+        .await
+        .expect("tail");
+    assert!(none.is_empty(), "a fresh tail must start at the end");
+    assert_eq!(cursor.last.len(), log.shards() as usize);
+    assert!(
+        cursor.last.iter().all(Option::is_some),
+        "the returned cursor must be concrete: {cursor:?}"
+    );
+
+    // Appended after the cursor was taken, while nobody was reading: not lost.
+    let recs = records(log, "after", 30);
+    log.append(recs.clone()).await.expect("append");
+    let mut got: Vec<Entry> = Vec::new();
+    let mut cursor = cursor;
+    let started = Instant::now();
+    while got.len() < 30 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "tail returned {} of 30 entries",
+            got.len()
+        );
+        let (batch, next) = log.tail(&cursor, 7, SHORT_BLOCK).await.expect("tail");
+        assert!(
+            batch.len() <= 7,
+            "tail returned {} for count 7",
+            batch.len()
+        );
+        got.extend(batch);
+        cursor = next;
+    }
+    let payloads: Vec<String> = got.iter().map(payload_str).collect();
+    assert_eq!(
+        payloads.iter().collect::<HashSet<_>>().len(),
+        30,
+        "an entry came back twice: {payloads:?}"
+    );
+    assert!(payloads.iter().all(|p| p.contains(r#""tag":"after""#)));
+    let expected: BTreeMap<String, u32> = recs
+        .iter()
+        .map(|r| (String::from_utf8_lossy(&r.payload).into_owned(), r.shard))
+        .collect();
+    for e in &got {
+        assert_eq!(expected.get(&payload_str(e)), Some(&e.shard), "wrong shard");
+    }
+    // Per shard in append order (`n` increases with the append order).
+    let mut last_n: BTreeMap<u32, i64> = BTreeMap::new();
+    for e in &got {
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).expect("json");
+        let n = v["n"].as_i64().expect("n");
+        let prev = last_n.insert(e.shard, n).unwrap_or(-1);
+        assert!(n > prev, "shard {} out of order: {n} after {prev}", e.shard);
+    }
+
+    // Nothing new: an empty answer within the block time, the cursor unchanged.
+    let started = Instant::now();
+    let (none, same) = log
+        .tail(&cursor, 10, Duration::from_millis(200))
+        .await
+        .expect("tail");
+    assert!(none.is_empty());
+    assert_eq!(same, cursor);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "block time not respected"
+    );
+
+    // A blocked tail wakes up on append; a second reader from the same cursor sees the same.
+    let started = Instant::now();
+    let (woke, ()) = tokio::join!(log.tail(&cursor, 10, Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log.append(vec![record(1, "wake")]).await.expect("append");
+    });
+    let (woke, _) = woke.expect("tail");
+    assert_eq!(woke.iter().map(payload_str).collect::<Vec<_>>(), ["wake"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "tail did not wake up"
+    );
+    let (again, _) = log.tail(&cursor, 10, SHORT_BLOCK).await.expect("tail");
+    assert_eq!(again.iter().map(payload_str).collect::<Vec<_>>(), ["wake"]);
+
+    // No group was created by tailing.
+    assert!(
+        log.lag().await.expect("lag").is_empty(),
+        "tailing must not create a consumer group"
+    );
+}
