@@ -4,9 +4,11 @@
 //!   (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped (best effort) on drop.
 //!   An unreachable server is a loud panic, never a skipped test.
 //! - [`PgProbe`]: reads a PostgreSQL warehouse's tables directly for assertions.
+//! - [`SqliteProbe`]: the same for the embedded (SQLite) warehouse.
 //! - [`conformance`]: the cases every `Warehouse` backend must pass.
 
 pub mod conformance;
+mod sqlite;
 
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use crate::postgres::pg_error;
 use crate::{PgOptions, PgWarehouse};
 
 pub use conformance::Probe;
+pub use sqlite::SqliteProbe;
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

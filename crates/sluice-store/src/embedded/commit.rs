@@ -1,0 +1,463 @@
+//! `commit_batch` and `commit_alerts`: one SQLite transaction (`BEGIN IMMEDIATE`) each.
+//!
+//! A batch: for each event in order, claim `(source, event_id)` in `event_dedupe` (a conflict
+//! means a duplicate: already stored, or earlier in the same batch) and insert the claimed event
+//! into `events`; the claimed events' per-minute counts and daily users are summed in memory and
+//! written as one upsert per `(minute, source, name)` / `(day, source, user)`; then the forward-
+//! only consumer offsets; then COMMIT. Either all of it is committed or none of it, and a
+//! redelivered batch finds its keys claimed and adds nothing — the same result as PostgreSQL's
+//! `COMMIT_STAGED` for the same input.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::{params, Connection, Row, TransactionBehavior};
+use serde_json::{Map, Value};
+use sluice_core::warehouse::{Alert, CommitOutcome, ShardPosition, StoreError};
+use sluice_core::{Event, EventKind};
+
+use super::{sql, sqlite_error};
+
+const MINUTE_US: i64 = 60_000_000;
+const DAY_US: i64 = 86_400_000_000;
+
+/// Microseconds since the epoch. PostgreSQL's `timestamptz` also keeps microseconds (and
+/// truncates finer digits), so both backends store the same instant.
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn from_micros(us: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| StoreError::Other(format!("stored time {us} µs is out of range")))
+}
+
+/// Start of the minute holding `us` (floored, like `date_trunc('minute', ts)`).
+pub(crate) fn minute_of(us: i64) -> i64 {
+    us - us.rem_euclid(MINUTE_US)
+}
+
+/// The UTC day holding `us`.
+pub(crate) fn day_of(us: i64) -> Option<NaiveDate> {
+    DateTime::from_timestamp(us.div_euclid(DAY_US) * 86_400, 0).map(|t| t.date_naive())
+}
+
+/// The stored form of a day: `YYYY-MM-DD`.
+pub(crate) fn day_text(day: NaiveDate) -> String {
+    day.format("%Y-%m-%d").to_string()
+}
+
+fn json_text(map: &Map<String, Value>) -> String {
+    // Serializing a map of JSON values cannot fail (string keys, finite numbers).
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// One event as the values of an `events` row.
+pub(crate) struct EventRow {
+    event_id: String,
+    source: String,
+    kind: &'static str,
+    name: Option<String>,
+    user_id: Option<String>,
+    anonymous_id: Option<String>,
+    group_id: Option<String>,
+    previous_id: Option<String>,
+    ts: i64,
+    original_ts: Option<i64>,
+    sent_at: Option<i64>,
+    received_at: i64,
+    properties: String,
+    traits: String,
+    context: String,
+    integrations: String,
+}
+
+impl EventRow {
+    pub(crate) fn new(e: &Event) -> EventRow {
+        EventRow {
+            event_id: e.event_id.clone(),
+            source: e.source.clone(),
+            kind: e.kind.as_str(),
+            name: e.name.clone(),
+            user_id: e.user_id.clone(),
+            anonymous_id: e.anonymous_id.clone(),
+            group_id: e.group_id.clone(),
+            previous_id: e.previous_id.clone(),
+            ts: micros(e.timestamp),
+            original_ts: e.original_timestamp.map(micros),
+            sent_at: e.sent_at.map(micros),
+            received_at: micros(e.received_at),
+            properties: json_text(&e.properties),
+            traits: json_text(&e.traits),
+            context: json_text(&e.context),
+            integrations: json_text(&e.integrations),
+        }
+    }
+
+    /// The rollup name rule, the same as PostgreSQL's: `coalesce(name, kind)`.
+    fn rollup_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.kind)
+    }
+
+    /// `coalesce(user_id, anonymous_id)`.
+    fn user_key(&self) -> Option<&str> {
+        self.user_id.as_deref().or(self.anonymous_id.as_deref())
+    }
+}
+
+pub(crate) fn commit_batch(
+    conn: &mut Connection,
+    group: &str,
+    rows: &[EventRow],
+    offsets: &Offsets,
+) -> Result<CommitOutcome, StoreError> {
+    let now = micros(Utc::now());
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_error)?;
+    let mut inserted = 0u64;
+    if !rows.is_empty() {
+        let mut claim = tx.prepare_cached(sql::CLAIM_DEDUPE).map_err(sqlite_error)?;
+        let mut insert = tx.prepare_cached(sql::INSERT_EVENT).map_err(sqlite_error)?;
+        let mut counts: HashMap<(i64, &str, &str), i64> = HashMap::new();
+        let mut users: HashSet<(i64, &str, &str)> = HashSet::new();
+        for r in rows {
+            let claimed = claim
+                .execute(params![r.source, r.event_id, now])
+                .map_err(sqlite_error)?;
+            if claimed == 0 {
+                continue;
+            }
+            insert
+                .execute(params![
+                    r.event_id,
+                    r.source,
+                    r.kind,
+                    r.name,
+                    r.user_id,
+                    r.anonymous_id,
+                    r.group_id,
+                    r.previous_id,
+                    r.ts,
+                    r.original_ts,
+                    r.sent_at,
+                    r.received_at,
+                    r.properties,
+                    r.traits,
+                    r.context,
+                    r.integrations,
+                ])
+                .map_err(sqlite_error)?;
+            inserted += 1;
+            *counts
+                .entry((minute_of(r.ts), r.source.as_str(), r.rollup_name()))
+                .or_default() += 1;
+            if let Some(user) = r.user_key() {
+                users.insert((r.ts.div_euclid(DAY_US), r.source.as_str(), user));
+            }
+        }
+
+        // Sorted: the file's pages are touched in key order.
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort_unstable();
+        let mut add = tx.prepare_cached(sql::ADD_COUNT).map_err(sqlite_error)?;
+        for ((bucket, source, name), n) in counts {
+            add.execute(params![bucket, source, name, n])
+                .map_err(sqlite_error)?;
+        }
+
+        let mut users: Vec<_> = users.into_iter().collect();
+        users.sort_unstable();
+        let mut days: HashMap<i64, String> = HashMap::new();
+        let mut dau = tx.prepare_cached(sql::ADD_DAU).map_err(sqlite_error)?;
+        for (day, source, user) in users {
+            let text: &str = match days.entry(day) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    let d = day_of(day * DAY_US).ok_or_else(|| {
+                        StoreError::Invalid(format!("event day {day} out of range"))
+                    })?;
+                    v.insert(day_text(d))
+                }
+            };
+            dau.execute(params![text, source, user])
+                .map_err(sqlite_error)?;
+        }
+    }
+    upsert_offsets(&tx, group, offsets, now)?;
+    tx.commit().map_err(sqlite_error)?;
+    Ok(CommitOutcome {
+        inserted,
+        duplicates: (rows.len() as u64).saturating_sub(inserted),
+    })
+}
+
+fn upsert_offsets(
+    tx: &rusqlite::Transaction<'_>,
+    group: &str,
+    offsets: &Offsets,
+    now: i64,
+) -> Result<(), StoreError> {
+    if offsets.0.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = tx
+        .prepare_cached(sql::UPSERT_OFFSET)
+        .map_err(sqlite_error)?;
+    for (shard, (ms, seq, id)) in &offsets.0 {
+        upsert
+            .execute(params![group, shard, id, ms, seq, now])
+            .map_err(sqlite_error)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn positions(conn: &Connection, group: &str) -> Result<Vec<ShardPosition>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(sql::SELECT_POSITIONS)
+        .map_err(sqlite_error)?;
+    let rows = stmt
+        .query_map(params![group], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(sqlite_error)?;
+    rows.map(|r| {
+        let (shard, last_id) = r.map_err(sqlite_error)?;
+        Ok(ShardPosition {
+            shard: u32::try_from(shard)
+                .map_err(|_| StoreError::Other(format!("stored shard {shard} out of range")))?,
+            last_id,
+        })
+    })
+    .collect()
+}
+
+/// The batch's positions, the furthest per shard: shard → (ms, seq, id).
+pub(crate) struct Offsets(BTreeMap<u32, (i64, i64, String)>);
+
+impl Offsets {
+    pub(crate) fn new(positions: &[ShardPosition]) -> Result<Offsets, StoreError> {
+        let mut furthest: BTreeMap<u32, (i64, i64, String)> = BTreeMap::new();
+        for p in positions {
+            if i32::try_from(p.shard).is_err() {
+                return Err(StoreError::Invalid(format!(
+                    "shard {} out of range",
+                    p.shard
+                )));
+            }
+            let (ms, seq) = parse_log_id(&p.last_id)?;
+            match furthest.get_mut(&p.shard) {
+                Some(e) if (ms, seq) > (e.0, e.1) => *e = (ms, seq, p.last_id.clone()),
+                Some(_) => {}
+                None => {
+                    furthest.insert(p.shard, (ms, seq, p.last_id.clone()));
+                }
+            }
+        }
+        Ok(Offsets(furthest))
+    }
+}
+
+/// A log position as two comparable numbers: a Redis stream id `ms-seq`, or a plain number (a
+/// Kafka offset, an embedded-log sequence) as `(n, 0)`. The same rule as PostgreSQL's.
+pub(crate) fn parse_log_id(id: &str) -> Result<(i64, i64), StoreError> {
+    let bad = || StoreError::Invalid(format!("log position {id:?} is not `ms-seq` or a number"));
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    let ms: u64 = ms.parse().map_err(|_| bad())?;
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    Ok((
+        i64::try_from(ms).map_err(|_| bad())?,
+        i64::try_from(seq).map_err(|_| bad())?,
+    ))
+}
+
+/// One alert as the values of an `alerts` row.
+pub(crate) struct AlertRow {
+    source: String,
+    rule: String,
+    subject: String,
+    window_start: i64,
+    window_end: i64,
+    count: i64,
+    first_event_id: String,
+    last_event_id: String,
+    created_at: i64,
+    details: String,
+}
+
+impl AlertRow {
+    pub(crate) fn new(a: &Alert) -> AlertRow {
+        AlertRow {
+            source: a.source.clone(),
+            rule: a.rule.clone(),
+            subject: a.subject.clone(),
+            window_start: micros(a.window_start),
+            window_end: micros(a.window_end),
+            count: i64::try_from(a.count).unwrap_or(i64::MAX),
+            first_event_id: a.first_event_id.clone(),
+            last_event_id: a.last_event_id.clone(),
+            created_at: micros(a.created_at),
+            details: a.details.to_string(),
+        }
+    }
+}
+
+pub(crate) fn commit_alerts(
+    conn: &mut Connection,
+    group: &str,
+    alerts: &[AlertRow],
+    offsets: &Offsets,
+) -> Result<u64, StoreError> {
+    let now = micros(Utc::now());
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_error)?;
+    let mut new = 0u64;
+    if !alerts.is_empty() {
+        let mut insert = tx.prepare_cached(sql::INSERT_ALERT).map_err(sqlite_error)?;
+        for a in alerts {
+            new += insert
+                .execute(params![
+                    a.source,
+                    a.rule,
+                    a.subject,
+                    a.window_start,
+                    a.window_end,
+                    a.count,
+                    a.first_event_id,
+                    a.last_event_id,
+                    a.created_at,
+                    a.details,
+                ])
+                .map_err(sqlite_error)? as u64;
+        }
+    }
+    upsert_offsets(&tx, group, offsets, now)?;
+    tx.commit().map_err(sqlite_error)?;
+    Ok(new)
+}
+
+pub(crate) fn read_alert(r: &Row<'_>) -> Result<Alert, StoreError> {
+    let get_err = |e: rusqlite::Error| sqlite_error(e);
+    let details: String = r.get(9).map_err(get_err)?;
+    let count: i64 = r.get(5).map_err(get_err)?;
+    Ok(Alert {
+        source: r.get(0).map_err(get_err)?,
+        rule: r.get(1).map_err(get_err)?,
+        subject: r.get(2).map_err(get_err)?,
+        window_start: from_micros(r.get(3).map_err(get_err)?)?,
+        window_end: from_micros(r.get(4).map_err(get_err)?)?,
+        count: u64::try_from(count).unwrap_or(0),
+        first_event_id: r.get(6).map_err(get_err)?,
+        last_event_id: r.get(7).map_err(get_err)?,
+        created_at: from_micros(r.get(8).map_err(get_err)?)?,
+        details: serde_json::from_str(&details)
+            .map_err(|e| StoreError::Other(format!("stored alert details are not JSON: {e}")))?,
+    })
+}
+
+/// An `events` row (columns in `sql::event_columns!` order) back into an `Event`.
+pub(crate) fn read_event(r: &Row<'_>) -> Result<Event, StoreError> {
+    let e = |e: rusqlite::Error| sqlite_error(e);
+    let kind: String = r.get(2).map_err(e)?;
+    let opt_time = |i: usize| -> Result<Option<DateTime<Utc>>, StoreError> {
+        r.get::<_, Option<i64>>(i)
+            .map_err(sqlite_error)?
+            .map(from_micros)
+            .transpose()
+    };
+    let json = |i: usize| -> Result<Map<String, Value>, StoreError> {
+        let text: String = r.get(i).map_err(sqlite_error)?;
+        serde_json::from_str(&text)
+            .map_err(|err| StoreError::Other(format!("stored event JSON is invalid: {err}")))
+    };
+    Ok(Event {
+        event_id: r.get(0).map_err(e)?,
+        source: r.get(1).map_err(e)?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| StoreError::Other(format!("stored event kind {kind:?} unknown")))?,
+        name: r.get(3).map_err(e)?,
+        user_id: r.get(4).map_err(e)?,
+        anonymous_id: r.get(5).map_err(e)?,
+        group_id: r.get(6).map_err(e)?,
+        previous_id: r.get(7).map_err(e)?,
+        timestamp: from_micros(r.get(8).map_err(e)?)?,
+        original_timestamp: opt_time(9)?,
+        sent_at: opt_time(10)?,
+        received_at: from_micros(r.get(11).map_err(e)?)?,
+        properties: json(12)?,
+        traits: json(13)?,
+        context: json(14)?,
+        integrations: json(15)?,
+    })
+}
+
+/// Delete one batch of dedupe records older than the window; returns how many.
+pub(crate) fn prune_dedupe(conn: &mut Connection, window: Duration) -> Result<usize, StoreError> {
+    let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    let cutoff = micros(Utc::now()).saturating_sub(window_us);
+    let mut stmt = conn
+        .prepare_cached(sql::PRUNE_DEDUPE)
+        .map_err(sqlite_error)?;
+    let n = stmt
+        .execute(params![cutoff, sql::PRUNE_BATCH])
+        .map_err(sqlite_error)?;
+    if n > 0 {
+        tracing::debug!(pruned = n, "pruned dedupe records");
+    }
+    Ok(n)
+}
+
+/// Delete one batch of raw events older than `days` (event time); returns how many.
+pub(crate) fn prune_events(conn: &mut Connection, days: u32) -> Result<usize, StoreError> {
+    let cutoff = micros(Utc::now()).saturating_sub(i64::from(days).saturating_mul(DAY_US));
+    let mut stmt = conn
+        .prepare_cached(sql::PRUNE_EVENTS)
+        .map_err(sqlite_error)?;
+    let n = stmt
+        .execute(params![cutoff, sql::PRUNE_BATCH])
+        .map_err(sqlite_error)?;
+    if n > 0 {
+        tracing::debug!(deleted = n, "retention deleted raw events");
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_ids_compare_numerically() {
+        assert!(parse_log_id("1700000000000-9").ok() < parse_log_id("1700000000000-10").ok());
+        assert_eq!(parse_log_id("42").ok(), Some((42, 0)));
+        assert!(parse_log_id("x-1").is_err());
+        assert!(parse_log_id("1-").is_err());
+        assert!(parse_log_id("-1").is_err());
+    }
+
+    #[test]
+    fn minutes_and_days_floor_before_1970() {
+        assert_eq!(minute_of(-1), -MINUTE_US);
+        assert_eq!(minute_of(MINUTE_US + 5), MINUTE_US);
+        assert_eq!(
+            day_of(-1).map(day_text).as_deref(),
+            Some("1969-12-31"),
+            "the last microsecond of 1969"
+        );
+        assert_eq!(day_of(0).map(day_text).as_deref(), Some("1970-01-01"));
+    }
+
+    #[test]
+    fn offsets_keep_the_furthest_per_shard() {
+        let p = |shard, id: &str| ShardPosition {
+            shard,
+            last_id: id.into(),
+        };
+        let o = Offsets::new(&[p(1, "5-10"), p(0, "3-0"), p(1, "5-9")]).expect("valid");
+        let got: Vec<_> = o.0.iter().map(|(s, v)| (*s, v.2.as_str())).collect();
+        assert_eq!(got, vec![(0, "3-0"), (1, "5-10")]);
+    }
+}

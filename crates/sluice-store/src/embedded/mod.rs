@@ -1,0 +1,653 @@
+//! The embedded warehouse: SQLite (rusqlite, bundled) in the data directory, for the
+//! single-binary mode. Same tables, same exactly-once `commit_batch`, same query results as the
+//! PostgreSQL backend (see `docs/warehouse.md`, section "Embedded backend"). Parts:
+//!
+//! - this file: options, opening (data-directory lock, connections, pragmas), error mapping,
+//!   the threading model and the `Warehouse` / `KeyStore` implementation;
+//! - `sql`: every SQL statement;
+//! - `migrate`: embedded migrations (`migrations/sqlite/*.sql`);
+//! - `commit`: the one-transaction batch commit and alert commit;
+//! - `keys`: API keys;
+//! - `query`: the query API's reads and the verification look-ups.
+//!
+//! Threading: rusqlite is blocking. One writer connection behind a mutex does every write, on
+//! tokio's blocking pool; reads use a small pool of separate connections (WAL lets them read a
+//! consistent snapshot while a commit is in progress), so a query never waits behind a commit.
+
+mod commit;
+mod keys;
+mod migrate;
+mod query;
+mod sql;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use sluice_core::keys::{KeyKind, KeyRecord};
+use sluice_core::warehouse::{
+    ActiveUsers, Alert, CommitOutcome, CountPoint, Interval, KeyStore, NameCount, ShardPosition,
+    StoreError, TimeRange, UserRef, Warehouse,
+};
+use sluice_core::Event;
+use tokio::sync::Semaphore;
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "warehouse.sqlite3";
+/// File name of the lock file inside the data directory.
+pub const LOCK_FILE: &str = "warehouse.lock";
+
+/// How hard a commit is pushed to disk (SQLite `PRAGMA synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Every commit is fsynced before `commit_batch` returns: a committed batch survives a
+    /// process crash and a power loss or OS crash.
+    #[default]
+    Full,
+    /// The WAL is fsynced only at checkpoints: a committed batch survives a process crash
+    /// (kill -9), but the last commits before a power loss or OS crash may be rolled back (the
+    /// database stays consistent). Those batches were already acknowledged in the log, so they
+    /// would be lost: use this only where that is acceptable. Faster.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Settings of the embedded warehouse.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Durability of a commit; default [`Synchronous::Full`].
+    pub synchronous: Synchronous,
+    /// How long `(source, event_id)` is remembered for deduplication (default 7 days).
+    pub dedupe_window: Duration,
+    /// Delete raw events older than this many days in `maintain()`. `None` keeps everything.
+    pub retention_days: Option<u32>,
+    /// Read connections used at once (queries beyond that wait for a free one).
+    pub readers: usize,
+    /// How long a connection waits for a lock held by another connection before failing with a
+    /// retryable error.
+    pub busy_timeout: Duration,
+    /// Refuse to grow the database file beyond about this many bytes (commits then fail with a
+    /// retryable "disk full" error). `None`: as large as the disk allows.
+    pub max_size_bytes: Option<u64>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            retention_days: None,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            max_size_bytes: None,
+        }
+    }
+}
+
+/// The embedded `Warehouse` and `KeyStore`. Cheap to clone (connections are shared); the data
+/// directory stays locked until the last clone is dropped.
+#[derive(Clone)]
+pub struct SqliteWarehouse {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Field order is drop order: connections close before the directory lock is released.
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    reader_permits: Semaphore,
+    db_path: PathBuf,
+    opts: SqliteOptions,
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteWarehouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteWarehouse")
+            .field("db_path", &self.inner.db_path)
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteWarehouse {
+    /// Open (creating if needed) the warehouse at `path` and apply pending migrations.
+    ///
+    /// `path` is a data directory (created if missing; the database is `DIR/warehouse.sqlite3`,
+    /// locked through `DIR/warehouse.lock`), or a database file when it exists as a file or ends
+    /// in `.sqlite3`, `.sqlite` or `.db` (locked through `FILE.lock`). A second process on the
+    /// same directory gets a clear error instead of sharing it.
+    pub async fn open(
+        path: impl AsRef<Path>,
+        opts: SqliteOptions,
+    ) -> Result<SqliteWarehouse, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || open_blocking(&path, opts))
+            .await
+            .map_err(join_error)?
+    }
+
+    /// Open from a URL `embedded:PATH` (also `embedded://PATH`), as the binary's `--store`.
+    pub async fn from_url(url: &str, opts: SqliteOptions) -> Result<SqliteWarehouse, StoreError> {
+        let path = parse_url(url)?;
+        SqliteWarehouse::open(path, opts).await
+    }
+
+    /// Apply pending migrations (done by `open` already; idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.write(migrate::migrate).await
+    }
+
+    /// The database file.
+    pub fn database_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    /// The options this warehouse was opened with.
+    pub fn options(&self) -> &SqliteOptions {
+        &self.inner.opts
+    }
+
+    /// Run `f` with the writer connection on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let writer = Arc::clone(&self.inner.writer);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock left no open transaction behind (rusqlite rolls
+            // back on drop), so a poisoned lock is safe to reuse.
+            let mut conn = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Run `f` with a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _permit = self
+            .inner
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("the warehouse is closing".into()))?;
+        let pool = Arc::clone(&self.inner.readers);
+        let db_path = self.inner.db_path.clone();
+        let opts = self.inner.opts.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let conn = match idle {
+                Some(c) => c,
+                None => open_connection(&db_path, &opts, Role::Reader)?,
+            };
+            let result = f(&conn);
+            pool.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(join_error)?
+    }
+}
+
+/// `embedded:PATH` / `embedded://PATH` → PATH.
+fn parse_url(url: &str) -> Result<PathBuf, StoreError> {
+    let rest = url.strip_prefix("embedded:").ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "not an embedded warehouse URL (expected embedded:PATH): {url}"
+        ))
+    })?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(StoreError::Invalid(
+            "embedded warehouse URL without a path (expected embedded:PATH)".into(),
+        ));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+/// Where the database and its lock live for a user-given path.
+struct Layout {
+    /// The data directory (for messages).
+    dir: PathBuf,
+    db: PathBuf,
+    lock: PathBuf,
+}
+
+fn layout(path: &Path) -> Result<Layout, StoreError> {
+    let is_file = path.is_file()
+        || matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("sqlite3" | "sqlite" | "db")
+        );
+    if is_file {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        create_dir(&dir)?;
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        Ok(Layout {
+            dir,
+            db: path.to_path_buf(),
+            lock: PathBuf::from(lock),
+        })
+    } else {
+        create_dir(path)?;
+        Ok(Layout {
+            dir: path.to_path_buf(),
+            db: path.join(DATABASE_FILE),
+            lock: path.join(LOCK_FILE),
+        })
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError::Other(format!(
+            "cannot create the data directory {}: {e}{}",
+            dir.display(),
+            io_hint(&e)
+        ))
+    })
+}
+
+fn io_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            " (is it on a read-only file system, or owned by another user?)"
+        }
+        std::io::ErrorKind::StorageFull => " (the disk is full)",
+        _ => "",
+    }
+}
+
+fn open_blocking(path: &Path, opts: SqliteOptions) -> Result<SqliteWarehouse, StoreError> {
+    let layout = layout(path)?;
+    let lock = lock_data_dir(&layout)?;
+    let mut writer = open_connection(&layout.db, &opts, Role::Writer)?;
+    migrate::migrate(&mut writer)?;
+    let reader = open_connection(&layout.db, &opts, Role::Reader)?;
+    let readers = opts.readers.max(1);
+    tracing::info!(db = %layout.db.display(), synchronous = opts.synchronous.pragma_value(), "embedded warehouse open");
+    Ok(SqliteWarehouse {
+        inner: Arc::new(Inner {
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::new(Mutex::new(vec![reader])),
+            reader_permits: Semaphore::new(readers),
+            db_path: layout.db,
+            opts,
+            _lock: lock,
+        }),
+    })
+}
+
+/// Take the exclusive lock on the data directory's lock file (released when the file is closed,
+/// also when the process dies), and write our pid into it for the message another process gets.
+fn lock_data_dir(layout: &Layout) -> Result<File, StoreError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&layout.lock)
+        .map_err(|e| {
+            StoreError::Other(format!(
+                "cannot open the lock file {} in data directory {}: {e}{}",
+                layout.lock.display(),
+                layout.dir.display(),
+                io_hint(&e)
+            ))
+        })?;
+    // `File::try_lock` is stable since Rust 1.89; the toolchain is newer than the workspace's
+    // declared rust-version.
+    #[allow(clippy::incompatible_msrv)]
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let pid = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder})")
+            };
+            return Err(StoreError::Other(format!(
+                "data directory {} is in use by another sluice process{pid}; stop it or use \
+                 another --data-dir",
+                layout.dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StoreError::Other(format!(
+                "cannot lock {}: {e}",
+                layout.lock.display()
+            )))
+        }
+    }
+    // Best effort: the pid is only for the message above.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .and_then(|()| file.flush());
+    Ok(file)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
+fn open_connection(db: &Path, opts: &SqliteOptions, role: Role) -> Result<Connection, StoreError> {
+    let context = |e: rusqlite::Error| {
+        let e = sqlite_error(e);
+        let msg = format!("opening the embedded warehouse {}: {e}", db.display());
+        match e {
+            StoreError::Unavailable(_) => StoreError::Unavailable(msg),
+            _ => StoreError::Other(msg),
+        }
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(db, flags).map_err(context)?;
+    conn.busy_timeout(opts.busy_timeout).map_err(context)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(context)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(db = %db.display(), mode, "SQLite could not switch to WAL mode");
+    }
+    conn.execute_batch(sql::CONNECTION_PRAGMAS)
+        .map_err(context)?;
+    conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())
+        .map_err(context)?;
+    match role {
+        Role::Writer => {
+            conn.execute_batch(sql::WRITER_PRAGMAS).map_err(context)?;
+            if let Some(max) = opts.max_size_bytes {
+                let page: i64 = conn
+                    .query_row("PRAGMA page_size", [], |r| r.get(0))
+                    .map_err(context)?;
+                let pages = i64::try_from(max).unwrap_or(i64::MAX) / page.max(512);
+                let _: i64 = conn
+                    .query_row(
+                        &format!("PRAGMA max_page_count = {}", pages.max(1)),
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(context)?;
+            }
+        }
+        Role::Reader => conn.execute_batch(sql::READER_PRAGMAS).map_err(context)?,
+    }
+    Ok(conn)
+}
+
+/// The one mapping from SQLite errors to `StoreError`: a busy or locked database, a full disk
+/// and I/O errors are retryable (`Unavailable`: the worker waits and retries the batch);
+/// read-only, corrupt or unopenable databases and everything else are `Other`.
+pub(crate) fn sqlite_error(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            let detail = msg.clone().unwrap_or_else(|| f.to_string());
+            match f.code {
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                    StoreError::Unavailable(format!("database busy: {detail}"))
+                }
+                ErrorCode::DiskFull => StoreError::Unavailable(format!(
+                    "disk full (or the database reached max_size_bytes): {detail}"
+                )),
+                ErrorCode::SystemIoFailure => {
+                    StoreError::Unavailable(format!("I/O error: {detail}"))
+                }
+                ErrorCode::ReadOnly => StoreError::Other(format!(
+                    "the database is read-only (read-only file system or file permissions): \
+                     {detail}"
+                )),
+                ErrorCode::CannotOpen => StoreError::Other(format!(
+                    "cannot open the database file (missing directory or permissions): {detail}"
+                )),
+                ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                    StoreError::Other(format!("the database file is damaged: {detail}"))
+                }
+                _ => StoreError::Other(detail),
+            }
+        }
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    if e.is_cancelled() {
+        StoreError::Unavailable("warehouse task cancelled".into())
+    } else {
+        StoreError::Other(format!("warehouse task panicked: {e}"))
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteWarehouse {
+    async fn create_key(
+        &self,
+        source: &str,
+        kind: KeyKind,
+    ) -> Result<(String, KeyRecord), StoreError> {
+        if source.trim().is_empty() {
+            return Err(StoreError::Invalid("source must not be empty".into()));
+        }
+        let source = source.to_string();
+        self.write(move |conn| keys::create_key(conn, &source, kind))
+            .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(keys::list_keys).await
+    }
+
+    async fn revoke_key(&self, id_or_key: &str) -> Result<KeyRecord, StoreError> {
+        let id_or_key = id_or_key.to_string();
+        self.write(move |conn| keys::revoke_key(conn, &id_or_key))
+            .await
+    }
+}
+
+#[async_trait]
+impl Warehouse for SqliteWarehouse {
+    async fn commit_batch(
+        &self,
+        group: &str,
+        events: &[Event],
+        positions: &[ShardPosition],
+    ) -> Result<CommitOutcome, StoreError> {
+        let offsets = commit::Offsets::new(positions)?;
+        // Rows are built (JSON serialized) here, outside the writer lock, so a batch's
+        // preparation overlaps the previous batch's commit.
+        let rows: Vec<commit::EventRow> = events.iter().map(commit::EventRow::new).collect();
+        let group = group.to_string();
+        self.write(move |conn| commit::commit_batch(conn, &group, &rows, &offsets))
+            .await
+    }
+
+    async fn positions(&self, group: &str) -> Result<Vec<ShardPosition>, StoreError> {
+        let group = group.to_string();
+        self.read(move |conn| commit::positions(conn, &group)).await
+    }
+
+    async fn maintain(&self) -> Result<(), StoreError> {
+        let window = self.inner.opts.dedupe_window;
+        let retention = self.inner.opts.retention_days;
+        // Each batch is its own short transaction; the writer lock is released in between so
+        // commits are not held up behind a long prune.
+        loop {
+            let n = self
+                .write(move |conn| commit::prune_dedupe(conn, window))
+                .await?;
+            if n < sql::PRUNE_BATCH as usize {
+                break;
+            }
+        }
+        if let Some(days) = retention {
+            loop {
+                let n = self
+                    .write(move |conn| commit::prune_events(conn, days))
+                    .await?;
+                if n < sql::PRUNE_BATCH as usize {
+                    break;
+                }
+            }
+        }
+        self.write(|conn| conn.execute_batch("PRAGMA optimize").map_err(sqlite_error))
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn commit_alerts(
+        &self,
+        group: &str,
+        alerts: &[Alert],
+        positions: &[ShardPosition],
+    ) -> Result<u64, StoreError> {
+        let offsets = commit::Offsets::new(positions)?;
+        let rows: Vec<commit::AlertRow> = alerts.iter().map(commit::AlertRow::new).collect();
+        let group = group.to_string();
+        self.write(move |conn| commit::commit_alerts(conn, &group, &rows, &offsets))
+            .await
+    }
+
+    async fn stored_event_ids(
+        &self,
+        source: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let source = source.to_string();
+        let ids = event_ids.to_vec();
+        self.read(move |conn| query::stored_event_ids(conn, &source, &ids))
+            .await
+    }
+
+    async fn count_by_id_prefix(
+        &self,
+        source: &str,
+        prefix: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        let source = source.to_string();
+        let prefix = prefix.to_string();
+        self.read(move |conn| query::count_by_id_prefix(conn, &source, &prefix))
+            .await
+    }
+
+    async fn counts(
+        &self,
+        source: &str,
+        event: Option<&str>,
+        range: TimeRange,
+        interval: Interval,
+    ) -> Result<Vec<CountPoint>, StoreError> {
+        let source = source.to_string();
+        let event = event.map(str::to_string);
+        self.read(move |conn| query::counts(conn, &source, event.as_deref(), range, interval))
+            .await
+    }
+
+    async fn top_events(
+        &self,
+        source: &str,
+        range: TimeRange,
+        limit: u32,
+    ) -> Result<Vec<NameCount>, StoreError> {
+        let source = source.to_string();
+        self.read(move |conn| query::top_events(conn, &source, range, limit))
+            .await
+    }
+
+    async fn active_users(
+        &self,
+        source: &str,
+        range: TimeRange,
+    ) -> Result<ActiveUsers, StoreError> {
+        let source = source.to_string();
+        self.read(move |conn| query::active_users(conn, &source, range))
+            .await
+    }
+
+    async fn user_events(
+        &self,
+        source: &str,
+        user: &UserRef,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let source = source.to_string();
+        let user = user.clone();
+        self.read(move |conn| query::user_events(conn, &source, &user, limit))
+            .await
+    }
+
+    async fn alerts(
+        &self,
+        source: &str,
+        range: TimeRange,
+        limit: u32,
+    ) -> Result<Vec<Alert>, StoreError> {
+        let source = source.to_string();
+        self.read(move |conn| query::alerts(conn, &source, range, limit))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("embedded:./sluice-data").expect("url"),
+            PathBuf::from("./sluice-data")
+        );
+        assert_eq!(
+            parse_url("embedded:///var/lib/sluice").expect("url"),
+            PathBuf::from("/var/lib/sluice")
+        );
+        assert!(matches!(
+            parse_url("embedded:"),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_url("postgres://x"),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}

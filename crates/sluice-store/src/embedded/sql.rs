@@ -1,0 +1,190 @@
+//! Every SQL statement of the embedded backend (migrations aside, which are `.sql` files under
+//! `migrations/sqlite/`). Nothing here is built from input: values are always bound parameters.
+//!
+//! Times are INTEGER microseconds since the Unix epoch (UTC); `day` is TEXT `YYYY-MM-DD`.
+
+/// Connection settings of every connection. `journal_mode = WAL` is persistent in the file;
+/// `synchronous` is per connection and set separately from `SqliteOptions`.
+pub(crate) const CONNECTION_PRAGMAS: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA foreign_keys = OFF;
+PRAGMA temp_store = MEMORY;
+";
+
+/// The writer: a larger page cache, and the WAL file truncated back to 64 MB after checkpoints.
+pub(crate) const WRITER_PRAGMAS: &str = "
+PRAGMA cache_size = -32768;
+PRAGMA journal_size_limit = 67108864;
+";
+
+/// Readers never write.
+pub(crate) const READER_PRAGMAS: &str = "
+PRAGMA query_only = 1;
+PRAGMA cache_size = -8192;
+";
+
+// --- migrations -------------------------------------------------------------------------------
+
+pub(crate) const CREATE_SCHEMA_MIGRATIONS: &str = "
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    applied_at  INTEGER NOT NULL
+)";
+
+pub(crate) const APPLIED_MIGRATIONS: &str =
+    "SELECT version, name FROM schema_migrations ORDER BY version";
+
+pub(crate) const RECORD_MIGRATION: &str =
+    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)";
+
+// --- commit_batch -----------------------------------------------------------------------------
+
+/// Claim `(source, event_id)`: one changed row = a new event, none = a duplicate.
+pub(crate) const CLAIM_DEDUPE: &str = "
+INSERT INTO event_dedupe (source, event_id, seen_at) VALUES (?1, ?2, ?3)
+ON CONFLICT DO NOTHING";
+
+pub(crate) const INSERT_EVENT: &str = "
+INSERT INTO events (event_id, source, kind, name, user_id, anonymous_id, group_id, previous_id,
+    ts, original_ts, sent_at, received_at, properties, traits, context, integrations)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+/// Add a batch's count for one `(bucket, source, name)`.
+pub(crate) const ADD_COUNT: &str = "
+INSERT INTO event_counts_1m (bucket, source, name, count) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (source, bucket, name) DO UPDATE SET count = count + excluded.count";
+
+pub(crate) const ADD_DAU: &str = "
+INSERT INTO daily_active_users (day, source, user_key) VALUES (?1, ?2, ?3)
+ON CONFLICT DO NOTHING";
+
+/// Forward-only upsert of one shard's position: ?1 group, ?2 shard, ?3 id, ?4 ms, ?5 seq, ?6 now.
+pub(crate) const UPSERT_OFFSET: &str = "
+INSERT INTO consumer_offsets (group_name, shard, last_id, last_ms, last_seq, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (group_name, shard) DO UPDATE
+SET last_id = excluded.last_id, last_ms = excluded.last_ms, last_seq = excluded.last_seq,
+    updated_at = excluded.updated_at
+WHERE (last_ms, last_seq) < (excluded.last_ms, excluded.last_seq)";
+
+pub(crate) const SELECT_POSITIONS: &str =
+    "SELECT shard, last_id FROM consumer_offsets WHERE group_name = ?1 ORDER BY shard";
+
+// --- alerts -----------------------------------------------------------------------------------
+
+pub(crate) const INSERT_ALERT: &str = "
+INSERT INTO alerts (source, rule, subject, window_start, window_end, count, first_event_id,
+    last_event_id, created_at, details)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (source, rule, subject, window_start) DO NOTHING";
+
+/// Alerts of ?1 whose window `[window_start, window_end)` overlaps `[?2, ?3)`, newest first.
+pub(crate) const SELECT_ALERTS: &str = "
+SELECT source, rule, subject, window_start, window_end, count, first_event_id, last_event_id,
+    created_at, details
+FROM alerts
+WHERE source = ?1 AND window_start < ?3 AND window_end > ?2
+ORDER BY window_start DESC, id DESC
+LIMIT ?4";
+
+// --- keys -------------------------------------------------------------------------------------
+
+pub(crate) const INSERT_KEY: &str = "
+INSERT INTO api_keys (source, kind, key_hash, hint, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+RETURNING id, source, kind, key_hash, hint, created_at, revoked_at";
+
+pub(crate) const LIST_KEYS: &str = "
+SELECT id, source, kind, key_hash, hint, created_at, revoked_at FROM api_keys ORDER BY id";
+
+/// Revoke by id (?1, may be NULL) or by hash (?2, may be NULL) at ?3. Revoking twice keeps the
+/// first revocation time.
+pub(crate) const REVOKE_KEY: &str = "
+UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?3)
+WHERE id = ?1 OR key_hash = ?2
+RETURNING id, source, kind, key_hash, hint, created_at, revoked_at";
+
+// --- queries ----------------------------------------------------------------------------------
+
+/// Counts of ?1 per bucket of ?2 microseconds (aligned to the epoch, UTC), from the minutes in
+/// `[?3, ?4)`; all names.
+/// The bucket is floored (also before 1970, where `%` truncates toward zero).
+pub(crate) const COUNTS_ALL: &str = "
+SELECT bucket - (((bucket % ?2) + ?2) % ?2) AS b, sum(count)
+FROM event_counts_1m
+WHERE source = ?1 AND bucket >= ?3 AND bucket < ?4
+GROUP BY b";
+
+/// As [`COUNTS_ALL`], for one name ?5.
+pub(crate) const COUNTS_NAME: &str = "
+SELECT bucket - (((bucket % ?2) + ?2) % ?2) AS b, sum(count)
+FROM event_counts_1m
+WHERE source = ?1 AND bucket >= ?3 AND bucket < ?4 AND name = ?5
+GROUP BY b";
+
+/// Most frequent names of ?1 over the minutes in `[?2, ?3)`; ties by name.
+pub(crate) const TOP_EVENTS: &str = "
+SELECT name, sum(count) AS c
+FROM event_counts_1m
+WHERE source = ?1 AND bucket >= ?2 AND bucket < ?3
+GROUP BY name
+ORDER BY c DESC, name ASC
+LIMIT ?4";
+
+/// DAU of ?1 per day in `[?2, ?3]` (inclusive day strings).
+pub(crate) const DAU_PER_DAY: &str = "
+SELECT day, count(*) FROM daily_active_users
+WHERE source = ?1 AND day >= ?2 AND day <= ?3
+GROUP BY day";
+
+pub(crate) const DAU_DISTINCT: &str = "
+SELECT count(DISTINCT user_key) FROM daily_active_users
+WHERE source = ?1 AND day >= ?2 AND day <= ?3";
+
+/// Columns of an event row, in the order `commit::read_event` expects.
+macro_rules! event_columns {
+    () => {
+        "event_id, source, kind, name, user_id, anonymous_id, group_id, previous_id, ts, \
+         original_ts, sent_at, received_at, properties, traits, context, integrations"
+    };
+}
+
+pub(crate) const USER_EVENTS_BY_USER_ID: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE source = ?1 AND user_id = ?2 ORDER BY ts DESC, event_id DESC LIMIT ?3"
+);
+
+pub(crate) const USER_EVENTS_BY_ANONYMOUS_ID: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE source = ?1 AND anonymous_id = ?2 ORDER BY ts DESC, event_id DESC LIMIT ?3"
+);
+
+pub(crate) const EVENT_ID_STORED: &str =
+    "SELECT EXISTS (SELECT 1 FROM event_dedupe WHERE source = ?1 AND event_id = ?2)";
+
+/// Rows and distinct ids of ?1 with ids in `[?2, ?3)`.
+pub(crate) const COUNT_ID_RANGE: &str = "
+SELECT count(*), count(DISTINCT event_id) FROM events
+WHERE source = ?1 AND event_id >= ?2 AND event_id < ?3";
+
+/// Rows and distinct ids of ?1 with ids `>= ?2` (a prefix with no upper bound).
+pub(crate) const COUNT_ID_FROM: &str = "
+SELECT count(*), count(DISTINCT event_id) FROM events
+WHERE source = ?1 AND event_id >= ?2";
+
+// --- maintenance ------------------------------------------------------------------------------
+
+/// Delete one small batch of dedupe records seen before ?1.
+pub(crate) const PRUNE_DEDUPE: &str = "
+DELETE FROM event_dedupe WHERE (source, event_id) IN (
+    SELECT source, event_id FROM event_dedupe WHERE seen_at < ?1 LIMIT ?2
+)";
+
+/// Delete one small batch of raw events older than ?1 (retention).
+pub(crate) const PRUNE_EVENTS: &str = "
+DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ?1 LIMIT ?2)";
+
+/// Rows deleted per pruning statement; each is its own short transaction.
+pub(crate) const PRUNE_BATCH: i64 = 10_000;

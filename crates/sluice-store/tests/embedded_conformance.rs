@@ -1,0 +1,242 @@
+//! The warehouse conformance suite against the embedded (SQLite) warehouse, a fresh data
+//! directory per test, plus the embedded-specific cases: the data-directory lock, reopening,
+//! unusable directories, a full disk, URLs.
+
+use std::time::Duration;
+
+use sluice_core::warehouse::{KeyStore, StoreError, Warehouse};
+use sluice_store::testing::{conformance, SqliteProbe};
+use sluice_store::{SqliteOptions, SqliteWarehouse};
+use tempfile::TempDir;
+
+async fn setup() -> (TempDir, SqliteWarehouse, SqliteProbe) {
+    setup_with(SqliteOptions::default()).await
+}
+
+async fn setup_with(opts: SqliteOptions) -> (TempDir, SqliteWarehouse, SqliteProbe) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wh = SqliteWarehouse::open(dir.path(), opts)
+        .await
+        .expect("open embedded warehouse");
+    let probe = SqliteProbe::open(wh.database_path()).expect("probe");
+    (dir, wh, probe)
+}
+
+macro_rules! conformance_cases {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let (_dir, wh, probe) = setup().await;
+            conformance::$case(&wh, &probe).await;
+        }
+    )*};
+}
+
+conformance_cases!(
+    commit_inserts,
+    redelivery_adds_nothing,
+    duplicates_within_batch,
+    retry_with_other_timestamp_is_duplicate,
+    late_events_land_in_their_own_minute,
+    rollups_equal_group_by,
+    far_past_and_future_events_are_stored,
+    dedupe_window_is_pruned,
+    concurrent_overlapping_commits,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_create_list_revoke() {
+    let (_dir, wh, probe) = setup().await;
+    conformance::keys_create_list_revoke(&wh).await;
+    // Nothing stored anywhere equals a key: create one more and look for it in every column.
+    let (key, _) = wh
+        .create_key("shop", sluice_core::keys::KeyKind::Write)
+        .await
+        .expect("create key");
+    let hits: i64 = probe
+        .with(|c| {
+            c.query_row(
+                "SELECT count(*) FROM api_keys
+                 WHERE instr(source || kind || key_hash || hint, ?1) > 0",
+                [&key],
+                |r| r.get(0),
+            )
+        })
+        .expect("query api_keys");
+    assert_eq!(hits, 0, "the key itself is stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_move_forward_only() {
+    let (_dir, wh, _probe) = setup().await;
+    conformance::offsets_move_forward_only(&wh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_open_of_a_data_directory_fails_clearly() {
+    let (dir, wh, _probe) = setup().await;
+    let err = SqliteWarehouse::open(dir.path(), SqliteOptions::default())
+        .await
+        .expect_err("the directory is locked");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("is in use by another sluice process")
+            && msg.contains(&dir.path().display().to_string()),
+        "{msg}"
+    );
+    // Released when the warehouse (every clone) is dropped.
+    drop(wh);
+    SqliteWarehouse::open(dir.path(), SqliteOptions::default())
+        .await
+        .expect("reopen after the first one closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_reopen_and_migrations_are_recorded_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let t = chrono::Utc::now();
+    let events: Vec<_> = (0..10)
+        .map(|i| conformance::event("s1", &format!("e{i}"), "A", Some("u"), t))
+        .collect();
+    {
+        let wh = SqliteWarehouse::open(dir.path(), SqliteOptions::default())
+            .await
+            .expect("open");
+        conformance::commit(&wh, &events, &[]).await;
+        wh.migrate().await.expect("migrate again");
+    }
+    let wh = SqliteWarehouse::from_url(
+        &format!("embedded:{}", dir.path().display()),
+        SqliteOptions::default(),
+    )
+    .await
+    .expect("reopen by URL");
+    assert_eq!(conformance::commit(&wh, &events, &[]).await.inserted, 0);
+    let probe = SqliteProbe::open(wh.database_path()).expect("probe");
+    let versions: Vec<(i64, String)> = probe
+        .with(|c| {
+            let mut s = c.prepare("SELECT version, name FROM schema_migrations ORDER BY 1")?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .expect("schema_migrations");
+    assert_eq!(
+        versions,
+        vec![
+            (1, "api_keys".to_string()),
+            (2, "rollups_offsets_dedupe".to_string()),
+            (3, "events".to_string()),
+            (4, "alerts".to_string()),
+        ]
+    );
+    let mode: String = probe
+        .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_path_works_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("sub").join("my.sqlite3");
+    let wh = SqliteWarehouse::open(&file, SqliteOptions::default())
+        .await
+        .expect("open file");
+    assert_eq!(wh.database_path(), file.as_path());
+    wh.ping().await.expect("ping");
+    let err = SqliteWarehouse::open(&file, SqliteOptions::default())
+        .await
+        .expect_err("locked");
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_directory_is_a_clear_error() {
+    // /proc is read-only even for root.
+    let err = SqliteWarehouse::open("/proc/sluice-test-data", SqliteOptions::default())
+        .await
+        .expect_err("cannot create a directory in /proc");
+    assert!(matches!(err, StoreError::Other(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("/proc/sluice-test-data"),
+        "the message names the directory: {err}"
+    );
+    // A path whose parent is a file.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").expect("write");
+    let err = SqliteWarehouse::open(file.join("data"), SqliteOptions::default())
+        .await
+        .expect_err("parent is a file");
+    assert!(err.to_string().contains("data directory"), "{err}");
+    // A file that is not a database.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![b'j'; 8192]).expect("write");
+    let err = SqliteWarehouse::open(&junk, SqliteOptions::default())
+        .await
+        .expect_err("not a database");
+    assert!(err.to_string().contains("junk.db"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_is_a_retryable_error_and_nothing_is_half_written() {
+    let (_dir, wh, probe) = setup_with(SqliteOptions {
+        max_size_bytes: Some(2 * 1024 * 1024),
+        ..SqliteOptions::default()
+    })
+    .await;
+    let t = chrono::Utc::now();
+    let mut full = None;
+    let mut stored = 0;
+    for b in 0..100 {
+        let events: Vec<_> = (0..500)
+            .map(|i| conformance::event("s1", &format!("b{b}-{i}"), "A", Some("u"), t))
+            .collect();
+        match wh.commit_batch("warehouse", &events, &[]).await {
+            Ok(o) => stored += o.inserted,
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("the size limit is reached");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    // The failed batch left nothing behind; the warehouse still answers reads.
+    assert_eq!(
+        sluice_store::testing::Probe::events_count(&probe, "s1")
+            .await
+            .expect("count"),
+        stored as i64
+    );
+    wh.ping().await.expect("ping");
+    let diffs = sluice_store::testing::Probe::rollup_mismatches(&probe)
+        .await
+        .expect("rollups");
+    assert!(diffs.is_empty(), "{diffs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_wait_behind_a_commit() {
+    let (_dir, wh, _probe) = setup().await;
+    let t = chrono::Utc::now();
+    let big: Vec<_> = (0..60_000)
+        .map(|i| conformance::event("s1", &format!("big-{i}"), "A", Some("u"), t))
+        .collect();
+    let writer = {
+        let wh = wh.clone();
+        tokio::spawn(async move { wh.commit_batch("warehouse", &big, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    wh.ping().await.expect("ping during a commit");
+    wh.positions("warehouse").await.expect("positions");
+    let read_time = started.elapsed();
+    let o = writer.await.expect("join").expect("commit");
+    assert_eq!(o.inserted, 60_000);
+    assert!(
+        read_time < Duration::from_millis(200),
+        "reads took {read_time:?} during a commit"
+    );
+}
