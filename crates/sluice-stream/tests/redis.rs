@@ -3,6 +3,7 @@
 //! `SLUICE_TEST_REDIS_URL`. Each test uses a fresh random key prefix and deletes its keys when it
 //! ends, passed or failed. Redis not reachable is a failure, never a skip.
 
+#[macro_use]
 mod conformance;
 
 use std::time::{Duration, Instant};
@@ -74,29 +75,7 @@ impl Drop for Fixture {
     }
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            let f = Fixture::new(|_| {}).await;
-            conformance::$case(f.log()).await;
-        }
-    )*};
-}
-
-conformance!(
-    append_then_read_new_exactly_once,
-    read_new_wakes_on_append,
-    per_user_order,
-    consumers_in_a_group_split_the_work,
-    groups_are_independent,
-    ack_removes_from_pending,
-    own_pending_after_restart,
-    claim_idle_takes_over_dead_consumers,
-    dead_letter_moves_and_acks,
-    trim_respects_every_group,
-    lag_reports_undelivered_and_pending,
-);
+conformance_cases!(f => Fixture::new(|_| {}).await, f.log());
 
 // Not in `conformance_cases!` yet: the embedded backend does not implement `tail` so far. Move it
 // into that list once it does.

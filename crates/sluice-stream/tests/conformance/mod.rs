@@ -1,10 +1,42 @@
-//! The `EventLog` conformance suite: the contract every backend (Redis today, embedded and Kafka
+//! The `EventLog` conformance suite: the contract every backend (Redis, embedded, and Kafka
 //! later) must meet, written once against `&dyn EventLog`. A backend's test file creates a fresh,
-//! isolated log per case and calls the cases (see `tests/redis.rs`).
+//! isolated log per case and runs every case with [`conformance_cases!`] (see `tests/redis.rs`,
+//! `tests/embedded.rs`); the cases that take parameters (backpressure, concurrency) it calls
+//! itself with a log configured for them.
 //!
 //! Cases assume a fresh, empty log with at least 2 shards and no groups.
 
 #![allow(dead_code)] // each test binary uses the cases that fit its backend
+
+/// One `#[tokio::test]` per case that needs nothing but a fresh default log, so that a case
+/// added here runs on every backend. `$fixture` builds a fresh fixture (awaited), `$log` gets the
+/// `&dyn EventLog` out of it (bound to `$f`):
+/// `conformance_cases!(f => Fixture::new().await, f.log());`
+#[allow(unused_macros)] // test binaries that only borrow helpers from here
+macro_rules! conformance_cases {
+    ($f:ident => $fixture:expr, $log:expr) => {
+        conformance_cases!(@each $f => $fixture, $log;
+            append_then_read_new_exactly_once,
+            read_new_wakes_on_append,
+            per_user_order,
+            consumers_in_a_group_split_the_work,
+            groups_are_independent,
+            ack_removes_from_pending,
+            own_pending_after_restart,
+            claim_idle_takes_over_dead_consumers,
+            dead_letter_moves_and_acks,
+            trim_respects_every_group,
+            lag_reports_undelivered_and_pending,
+        );
+    };
+    (@each $f:ident => $fixture:expr, $log:expr; $($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let $f = $fixture;
+            conformance::$case($log).await;
+        }
+    )*};
+}
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};

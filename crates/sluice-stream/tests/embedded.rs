@@ -1,0 +1,463 @@
+//! The conformance suite and embedded-specific behaviour (restart, single-process lock, read-only
+//! directory, coalesced fsyncs, shard-count check) against `EmbeddedLog`, each test in a fresh
+//! temporary data directory that is deleted when it ends.
+//!
+//! The ignored `throughput` test measures append and read+ack rates:
+//! `cargo test --release -p sluice-stream --test embedded -- --ignored --nocapture throughput`.
+
+#[macro_use]
+mod conformance;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_core::log::{Entry, EventLog, LogError, StartFrom};
+use sluice_stream::{Durability, EmbeddedLog, EmbeddedLogConfig};
+
+/// An `EmbeddedLog` in a fresh temporary directory (deleted on drop, after the log).
+struct Fixture {
+    log: EmbeddedLog,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(tweak: impl FnOnce(&mut EmbeddedLogConfig)) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = EmbeddedLogConfig::new(dir.path().join("log"));
+        config.shards = 4;
+        tweak(&mut config);
+        let log = EmbeddedLog::open(config).await.expect("open embedded log");
+        Fixture { log, _dir: dir }
+    }
+
+    fn log(&self) -> &EmbeddedLog {
+        &self.log
+    }
+}
+
+conformance_cases!(f => Fixture::new(|_| {}).await, f.log());
+
+fn config(dir: &Path) -> EmbeddedLogConfig {
+    let mut c = EmbeddedLogConfig::new(dir);
+    c.shards = 4;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_overload_and_recovery() {
+    let f = Fixture::new(|c| {
+        c.high_water_mark = 50;
+        c.required_groups = vec!["warehouse".to_owned()];
+    })
+    .await;
+    conformance::backpressure_overload_and_recovery(f.log(), "warehouse", 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_without_required_group_uses_total_length() {
+    let f = Fixture::new(|c| {
+        c.high_water_mark = 20;
+        c.required_groups = vec!["warehouse".to_owned()];
+    })
+    .await;
+    let log = f.log();
+    // A group that is not required does not count; without the required group, the backlog is
+    // the total length (counters are exact here, so the very next append is refused).
+    log.ensure_group("fraud", StartFrom::Beginning)
+        .await
+        .expect("group");
+    log.append(conformance::records(log, "x", 30))
+        .await
+        .expect("append");
+    match log.append(vec![conformance::record(0, "y")]).await {
+        Err(LogError::Overloaded {
+            backlog,
+            retry_after,
+        }) => {
+            assert_eq!(backlog, 30);
+            assert!(retry_after > Duration::ZERO);
+        }
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    assert_eq!(log.stats().backlog, 30);
+    // Once the required group exists and has processed everything, appends go through again.
+    log.ensure_group("warehouse", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let got = conformance::drain(log, "warehouse", "c", 100).await;
+    log.ack("warehouse", &got).await.expect("ack");
+    assert_eq!(log.stats().backlog, 0);
+    log.append(vec![conformance::record(0, "z")])
+        .await
+        .expect("append after catching up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_are_coalesced() {
+    let f = Fixture::new(|_| {}).await;
+    let n = 2000;
+    conformance::concurrent_appends_all_land_once(f.log(), n).await;
+    let stats = f.log().stats();
+    assert_eq!(stats.records, n as u64);
+    assert_eq!(stats.syncs, stats.batches, "Fsync: one fsync per batch");
+    // 2000 concurrent requests: far fewer batches (and fsyncs) than requests.
+    assert!(
+        stats.batches * 10 <= n as u64,
+        "appends were not coalesced: {stats:?}"
+    );
+    eprintln!("{n} appends in {} batches / fsyncs", stats.batches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_durability_does_not_fsync() {
+    let f = Fixture::new(|c| c.durability = Durability::Flush).await;
+    let log = f.log();
+    log.append(conformance::records(log, "f", 10))
+        .await
+        .expect("append");
+    let stats = log.stats();
+    assert_eq!((stats.records, stats.syncs), (10, 0));
+    assert!(stats.batches >= 1);
+}
+
+/// Everything survives close + reopen: entries, ids, group positions, pending entries (with
+/// their owner and delivery count), dead letters, trims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log");
+    let log = EmbeddedLog::open(config(&path)).await.expect("open");
+    log.append(conformance::records(&log, "r", 40))
+        .await
+        .expect("append");
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("group");
+    log.ensure_group("other", StartFrom::End)
+        .await
+        .expect("group");
+    let first = log
+        .read_new("g", "w1", 25, Duration::ZERO)
+        .await
+        .expect("read");
+    assert_eq!(first.len(), 25);
+    log.ack("g", &first[..10]).await.expect("ack");
+    log.dead_letter("g", &[(first[10].clone(), "bad".to_owned())])
+        .await
+        .expect("dead letter");
+    let lag_before = log.lag().await.expect("lag");
+    let last_id_before = first.last().expect("entries").id.clone();
+    log.close().await.expect("close");
+
+    let log = EmbeddedLog::open(config(&path)).await.expect("reopen");
+    assert_eq!(log.len().await.expect("len"), 40);
+    assert_eq!(log.lag().await.expect("lag"), lag_before);
+    // The same consumer gets its 14 pending entries back, as a redelivery.
+    let pending = log.read_own_pending("g", "w1", 100).await.expect("pending");
+    assert_eq!(pending.len(), 14);
+    let expected: Vec<(u32, String)> = first[11..]
+        .iter()
+        .map(|e| (e.shard, e.id.clone()))
+        .collect();
+    let mut got: Vec<(u32, String)> = pending.iter().map(|e| (e.shard, e.id.clone())).collect();
+    let mut expected_sorted = expected.clone();
+    got.sort();
+    expected_sorted.sort();
+    assert_eq!(got, expected_sorted);
+    assert!(pending.iter().all(|e| e.deliveries == 2));
+    // The position survived: only the 15 undelivered entries come next, none twice.
+    let rest = conformance::drain(&log, "g", "w1", 100).await;
+    assert_eq!(rest.len(), 15);
+    let before: std::collections::HashSet<&str> = first.iter().map(|e| e.payload_str()).collect();
+    assert!(rest.iter().all(|e| !before.contains(e.payload_str())));
+    let dead = log.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].id.as_str(), dead[0].reason.as_str()),
+        (first[10].id.as_str(), "bad")
+    );
+    assert_eq!(dead[0].payload, first[10].payload);
+    // The group created at the end saw nothing, and sees new entries.
+    assert!(conformance::drain(&log, "other", "c", 100).await.is_empty());
+
+    // New ids keep increasing per shard after a restart.
+    log.append(vec![conformance::record(first[0].shard, "after")])
+        .await
+        .expect("append");
+    let after = conformance::drain(&log, "g", "w1", 10).await;
+    assert_eq!(after.len(), 1);
+    let newest_before = first
+        .iter()
+        .chain(&rest)
+        .filter(|e| e.shard == first[0].shard)
+        .map(|e| parse_id(&e.id))
+        .max()
+        .expect("entries on that shard");
+    assert!(parse_id(&after[0].id) > newest_before);
+    assert!(parse_id(&last_id_before) > (0, 0));
+
+    // Trim (everything of `g` acked; `other` is at the end) and reopen: the trim stays.
+    log.ack("g", &pending).await.expect("ack");
+    log.ack("g", &rest).await.expect("ack");
+    log.ack("g", &after).await.expect("ack");
+    let other = conformance::drain(&log, "other", "c", 10).await;
+    log.ack("other", &other).await.expect("ack");
+    let removed = log.trim().await.expect("trim");
+    assert_eq!(removed, 41);
+    log.close().await.expect("close");
+    let log = EmbeddedLog::open(config(&path)).await.expect("reopen");
+    assert_eq!(log.len().await.expect("len"), 0);
+    assert_eq!(log.trim().await.expect("trim"), 0);
+    assert_eq!(
+        log.lag()
+            .await
+            .expect("lag")
+            .iter()
+            .map(|l| l.backlog())
+            .sum::<u64>(),
+        0
+    );
+    // A group created now from the beginning sees nothing that was trimmed.
+    log.ensure_group("replay", StartFrom::Beginning)
+        .await
+        .expect("group");
+    assert!(conformance::drain(&log, "replay", "c", 10).await.is_empty());
+    log.close().await.expect("close");
+}
+
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("ms-seq id");
+    (
+        ms.parse().expect("ms is a number"),
+        seq.parse().expect("seq is a number"),
+    )
+}
+
+trait PayloadStr {
+    fn payload_str(&self) -> &str;
+}
+
+impl PayloadStr for Entry {
+    fn payload_str(&self) -> &str {
+        std::str::from_utf8(&self.payload).expect("utf-8 payload")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_open_of_the_same_directory_is_refused() {
+    let f = Fixture::new(|_| {}).await;
+    let err = EmbeddedLog::open(f.log().config().clone())
+        .await
+        .expect_err("second open must fail");
+    let message = err.to_string();
+    assert!(
+        message.contains("in use by another sluice process")
+            && message.contains(&f.log().config().dir.display().to_string()),
+        "{message}"
+    );
+    assert!(!err.is_retryable());
+    // The first one is unaffected.
+    f.log()
+        .append(vec![conformance::record(0, "still fine")])
+        .await
+        .expect("append");
+}
+
+/// Tests run as root here, and root ignores file permissions (chmod 0500 does not stop it), so
+/// the not-writable cases use places where writing fails for root too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_directory_is_a_clear_error() {
+    // 1. A directory that exists but where nobody may create files: sysfs refuses file creation
+    //    with EACCES even for root.
+    if Path::new("/sys/kernel").is_dir() {
+        let err = EmbeddedLog::open(config(Path::new("/sys/kernel")))
+            .await
+            .expect_err("/sys/kernel is not writable");
+        let message = err.to_string();
+        assert!(
+            message.contains("/sys/kernel") && message.contains("not writable"),
+            "{message}"
+        );
+    }
+    // 2. A data directory that cannot be created because its parent is a regular file
+    //    (ENOTDIR, whoever you are).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write file");
+    let err = EmbeddedLog::open(config(&file.join("log")))
+        .await
+        .expect_err("a path under a file");
+    let message = err.to_string();
+    assert!(
+        message.contains("cannot create data directory") && message.contains("a-file"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_with_another_shard_count_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log");
+    EmbeddedLog::open(config(&path))
+        .await
+        .expect("open")
+        .close()
+        .await
+        .expect("close");
+    let mut other = config(&path);
+    other.shards = 8;
+    let err = EmbeddedLog::open(other).await.expect_err("shard mismatch");
+    assert!(err.to_string().contains("created with 4 shards"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_url_opens_with_query_parameters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!(
+        "embedded:{}?shards=3&durability=flush",
+        dir.path().join("log").display()
+    );
+    let log = EmbeddedLog::from_url(&url).await.expect("from_url");
+    assert_eq!(log.shards(), 3);
+    assert_eq!(log.config().durability, Durability::Flush);
+    log.ping().await.expect("ping");
+    assert!(EmbeddedLog::from_url("embedded:/tmp/x?nope=1")
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_group_is_a_clear_error() {
+    let f = Fixture::new(|_| {}).await;
+    let err = f
+        .log()
+        .read_new("nope", "c", 10, Duration::from_millis(10))
+        .await
+        .expect_err("no such group");
+    assert!(
+        matches!(&err, LogError::Other(m) if m.contains("ensure_group")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_shard_is_rejected() {
+    let f = Fixture::new(|_| {}).await;
+    let err = f
+        .log()
+        .append(vec![conformance::record(99, "x")])
+        .await
+        .expect_err("bad shard");
+    assert!(matches!(err, LogError::Other(_)), "{err}");
+    assert_eq!(f.log().len().await.expect("len"), 0);
+}
+
+/// Reads are bounded by `count` however large the backlog, and a big backlog drains in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_backlog_reads_in_bounded_batches() {
+    let f = Fixture::new(|c| c.durability = Durability::Flush).await;
+    let log = f.log();
+    for i in 0..20 {
+        log.append(conformance::records(log, &format!("b{i}"), 1000))
+            .await
+            .expect("append");
+    }
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let mut total = 0;
+    loop {
+        let got = log
+            .read_new("g", "c", 500, Duration::ZERO)
+            .await
+            .expect("read");
+        assert!(got.len() <= 500);
+        if got.is_empty() {
+            break;
+        }
+        total += got.len();
+        log.ack("g", &got).await.expect("ack");
+    }
+    assert_eq!(total, 20_000);
+    assert_eq!(log.trim().await.expect("trim"), 20_000);
+    assert_eq!(log.len().await.expect("len"), 0);
+}
+
+/// Append and read+ack throughput. Not a pass/fail test; prints the rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
+async fn throughput() {
+    for durability in [Durability::Flush, Durability::Fsync] {
+        let f = Fixture::new(|c| {
+            c.durability = durability;
+            c.shards = 8;
+            c.high_water_mark = u64::MAX;
+        })
+        .await;
+        let log = Arc::new(f.log);
+        let batches_per_task = 500;
+        let tasks = 32;
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let log = log.clone();
+            handles.push(tokio::spawn(async move {
+                for b in 0..batches_per_task {
+                    let recs: Vec<_> = (0..100u32)
+                        .map(|i| {
+                            conformance::record(
+                                i % 8,
+                                format!(
+                                    r#"{{"event_id":"{t}-{b}-{i}","source":"web","kind":"track","name":"Page Viewed","properties":{{"path":"/pricing"}}}}"#
+                                ),
+                            )
+                        })
+                        .collect();
+                    log.append(recs).await.expect("append");
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("task");
+        }
+        let n = (tasks * batches_per_task * 100) as f64;
+        let secs = started.elapsed().as_secs_f64();
+        let stats = log.stats();
+        eprintln!(
+            "{durability:?}: appended {n} events in batches of 100 from {tasks} tasks: {:.0} events/s \
+             ({} fjall batches, {} fsyncs)",
+            n / secs,
+            stats.batches,
+            stats.syncs
+        );
+
+        log.ensure_group("g", StartFrom::Beginning)
+            .await
+            .expect("group");
+        let started = Instant::now();
+        let mut read = 0usize;
+        loop {
+            let got = log
+                .read_new("g", "c", 1000, Duration::ZERO)
+                .await
+                .expect("read");
+            if got.is_empty() {
+                break;
+            }
+            read += got.len();
+            log.ack("g", &got).await.expect("ack");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{durability:?}: read_new+ack of {read} entries (count 1000): {:.0} entries/s",
+            read as f64 / secs
+        );
+        let started = Instant::now();
+        let removed = log.trim().await.expect("trim");
+        eprintln!(
+            "{durability:?}: trimmed {removed} entries in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
