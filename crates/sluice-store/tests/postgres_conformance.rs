@@ -93,6 +93,7 @@ async fn migrate_twice_and_concurrently_is_idempotent() {
             (1, "api_keys".to_string()),
             (2, "rollups_offsets_dedupe".to_string()),
             (3, "events_native".to_string()),
+            (4, "alerts".to_string()),
         ]
     );
     assert!(!a.uses_timescaledb().await.expect("flavour"));

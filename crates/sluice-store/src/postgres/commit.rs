@@ -10,11 +10,16 @@
 //!
 //! Either all of it is committed or none of it; a redelivered batch finds its keys claimed and
 //! adds nothing.
+//!
+//! `commit_alerts` is the fraud processor's equivalent: alerts (unique by
+//! `(source, rule, subject, window_start)`, `ON CONFLICT DO NOTHING`) and the group's positions
+//! in one transaction.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use futures::pin_mut;
-use sluice_core::warehouse::{CommitOutcome, ShardPosition, StoreError};
+use sluice_core::warehouse::{Alert, CommitOutcome, ShardPosition, StoreError};
 use sluice_core::Event;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
@@ -106,30 +111,131 @@ pub(crate) async fn commit_batch(
         inserted = u64::try_from(n).unwrap_or(0);
     }
 
-    if !offsets.shards.is_empty() {
-        let upsert = tx
-            .prepare_cached(sql::UPSERT_OFFSETS)
-            .await
-            .map_err(pg_error)?;
-        tx.execute(
-            &upsert,
-            &[
-                &group,
-                &offsets.shards,
-                &offsets.ids,
-                &offsets.ms,
-                &offsets.seq,
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
-    }
+    upsert_offsets(&tx, group, &offsets).await?;
 
     tx.commit().await.map_err(pg_error)?;
     Ok(CommitOutcome {
         inserted,
         duplicates: (events.len() as u64).saturating_sub(inserted),
     })
+}
+
+/// Store alerts exactly once and advance `group`'s positions, in one transaction. Returns how
+/// many alerts were new.
+pub(crate) async fn commit_alerts(
+    wh: &PgWarehouse,
+    group: &str,
+    alerts: &[Alert],
+    positions: &[ShardPosition],
+) -> Result<u64, StoreError> {
+    let offsets = Offsets::new(positions)?;
+    let cols = AlertColumns::new(alerts)?;
+
+    let mut client = wh.client().await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let mut inserted = 0u64;
+    if !alerts.is_empty() {
+        let insert = tx
+            .prepare_cached(sql::INSERT_ALERTS)
+            .await
+            .map_err(pg_error)?;
+        let rows = tx
+            .query(
+                &insert,
+                &[
+                    &cols.source,
+                    &cols.rule,
+                    &cols.subject,
+                    &cols.window_start,
+                    &cols.window_end,
+                    &cols.count,
+                    &cols.first_event_id,
+                    &cols.last_event_id,
+                    &cols.created_at,
+                    &cols.details,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        inserted = rows.len() as u64;
+    }
+    upsert_offsets(&tx, group, &offsets).await?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(inserted)
+}
+
+/// Alerts as column arrays for `sql::INSERT_ALERTS`.
+struct AlertColumns<'a> {
+    source: Vec<&'a str>,
+    rule: Vec<&'a str>,
+    subject: Vec<&'a str>,
+    window_start: Vec<DateTime<Utc>>,
+    window_end: Vec<DateTime<Utc>>,
+    count: Vec<i64>,
+    first_event_id: Vec<&'a str>,
+    last_event_id: Vec<&'a str>,
+    created_at: Vec<DateTime<Utc>>,
+    details: Vec<Json<&'a serde_json::Value>>,
+}
+
+impl<'a> AlertColumns<'a> {
+    fn new(alerts: &'a [Alert]) -> Result<AlertColumns<'a>, StoreError> {
+        let mut c = AlertColumns {
+            source: Vec::with_capacity(alerts.len()),
+            rule: Vec::with_capacity(alerts.len()),
+            subject: Vec::with_capacity(alerts.len()),
+            window_start: Vec::with_capacity(alerts.len()),
+            window_end: Vec::with_capacity(alerts.len()),
+            count: Vec::with_capacity(alerts.len()),
+            first_event_id: Vec::with_capacity(alerts.len()),
+            last_event_id: Vec::with_capacity(alerts.len()),
+            created_at: Vec::with_capacity(alerts.len()),
+            details: Vec::with_capacity(alerts.len()),
+        };
+        for a in alerts {
+            c.source.push(&a.source);
+            c.rule.push(&a.rule);
+            c.subject.push(&a.subject);
+            c.window_start.push(a.window_start);
+            c.window_end.push(a.window_end);
+            c.count.push(i64::try_from(a.count).map_err(|_| {
+                StoreError::Invalid(format!("alert count {} out of range", a.count))
+            })?);
+            c.first_event_id.push(&a.first_event_id);
+            c.last_event_id.push(&a.last_event_id);
+            c.created_at.push(a.created_at);
+            c.details.push(Json(&a.details));
+        }
+        Ok(c)
+    }
+}
+
+/// The forward-only upsert of a group's positions (nothing to do without positions).
+async fn upsert_offsets(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group: &str,
+    offsets: &Offsets,
+) -> Result<(), StoreError> {
+    if offsets.shards.is_empty() {
+        return Ok(());
+    }
+    let upsert = tx
+        .prepare_cached(sql::UPSERT_OFFSETS)
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        &upsert,
+        &[
+            &group,
+            &offsets.shards,
+            &offsets.ids,
+            &offsets.ms,
+            &offsets.seq,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
 }
 
 /// The batch's positions as column arrays, one (the furthest) per shard.

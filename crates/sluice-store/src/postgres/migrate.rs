@@ -29,6 +29,13 @@ const COMMON: &[Migration] = &[
     },
 ];
 
+/// Applied after the events branch (version 3), in order.
+const LATER: &[Migration] = &[Migration {
+    version: 4,
+    name: "alerts",
+    sql: include_str!("../../migrations/0004_alerts.sql"),
+}];
+
 const EVENTS_NATIVE: Migration = Migration {
     version: 3,
     name: "events_native",
@@ -95,6 +102,11 @@ impl PgWarehouse {
                 &EVENTS_NATIVE
             };
             apply(&tx, events).await?;
+        }
+        for m in LATER {
+            if !applied.contains(&m.version) {
+                apply(&tx, m).await?;
+            }
         }
         tx.commit().await.map_err(pg_error)?;
         drop(client);

@@ -4,23 +4,33 @@
 //! - `sql`: every SQL statement (the only place SQL text is written);
 //! - `migrate`: embedded migrations and the native/TimescaleDB branch;
 //! - `keys`: API keys;
-//! - `commit`: the one-transaction batch commit (COPY → dedupe → events → rollups → offsets);
+//! - `commit`: the one-transaction batch commit (COPY → dedupe → events → rollups → offsets), and
+//!   the alerts commit (alerts → offsets);
+//! - `query`: the query API's reads (rollups, a user's raw events, alerts) and the verification
+//!   lookups;
 //! - `maintain`: day partitions ahead, retention, dedupe-window pruning.
 
+mod bootstrap;
 mod commit;
 mod keys;
 mod maintain;
 mod migrate;
+mod query;
 mod sql;
 
 use std::time::Duration;
+
+pub use bootstrap::create_database_if_missing;
 
 use async_trait::async_trait;
 use deadpool_postgres::{
     Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use sluice_core::keys::{KeyKind, KeyRecord};
-use sluice_core::warehouse::{CommitOutcome, KeyStore, ShardPosition, StoreError, Warehouse};
+use sluice_core::warehouse::{
+    ActiveUsers, Alert, CommitOutcome, CountPoint, Interval, KeyStore, NameCount, ShardPosition,
+    StoreError, TimeRange, UserRef, Warehouse,
+};
 use sluice_core::Event;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
@@ -278,5 +288,75 @@ impl Warehouse for PgWarehouse {
         let client = self.client().await?;
         client.simple_query("SELECT 1").await.map_err(pg_error)?;
         Ok(())
+    }
+
+    async fn commit_alerts(
+        &self,
+        group: &str,
+        alerts: &[Alert],
+        positions: &[ShardPosition],
+    ) -> Result<u64, StoreError> {
+        commit::commit_alerts(self, group, alerts, positions).await
+    }
+
+    async fn stored_event_ids(
+        &self,
+        source: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        query::stored_event_ids(self, source, event_ids).await
+    }
+
+    async fn count_by_id_prefix(
+        &self,
+        source: &str,
+        prefix: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        query::count_by_id_prefix(self, source, prefix).await
+    }
+
+    async fn counts(
+        &self,
+        source: &str,
+        event: Option<&str>,
+        range: TimeRange,
+        interval: Interval,
+    ) -> Result<Vec<CountPoint>, StoreError> {
+        query::counts(self, source, event, range, interval).await
+    }
+
+    async fn top_events(
+        &self,
+        source: &str,
+        range: TimeRange,
+        limit: u32,
+    ) -> Result<Vec<NameCount>, StoreError> {
+        query::top_events(self, source, range, limit).await
+    }
+
+    async fn active_users(
+        &self,
+        source: &str,
+        range: TimeRange,
+    ) -> Result<ActiveUsers, StoreError> {
+        query::active_users(self, source, range).await
+    }
+
+    async fn user_events(
+        &self,
+        source: &str,
+        user: &UserRef,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        query::user_events(self, source, user, limit).await
+    }
+
+    async fn alerts(
+        &self,
+        source: &str,
+        range: TimeRange,
+        limit: u32,
+    ) -> Result<Vec<Alert>, StoreError> {
+        query::alerts(self, source, range, limit).await
     }
 }

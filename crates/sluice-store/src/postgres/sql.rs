@@ -98,6 +98,108 @@ WHERE (o.last_ms, o.last_seq) < (EXCLUDED.last_ms, EXCLUDED.last_seq)";
 pub(crate) const SELECT_POSITIONS: &str =
     "SELECT shard, last_id FROM consumer_offsets WHERE group_name = $1 ORDER BY shard";
 
+// --- alerts -----------------------------------------------------------------------------------
+
+/// Insert alerts given as column arrays, each `(source, rule, subject, window_start)` once: an
+/// alert already stored (a redelivered fraud batch) is skipped. Sorted by the unique key so
+/// concurrent commits lock in the same order. Returns one row per new alert.
+pub(crate) const INSERT_ALERTS: &str = "
+INSERT INTO alerts (source, rule, subject, window_start, window_end, count, first_event_id,
+    last_event_id, created_at, details)
+SELECT a.source, a.rule, a.subject, a.window_start, a.window_end, a.count, a.first_event_id,
+    a.last_event_id, a.created_at, a.details
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+    $6::int8[], $7::text[], $8::text[], $9::timestamptz[], $10::jsonb[])
+    AS a(source, rule, subject, window_start, window_end, count, first_event_id, last_event_id,
+         created_at, details)
+ORDER BY a.source, a.rule, a.subject, a.window_start
+ON CONFLICT (source, rule, subject, window_start) DO NOTHING
+RETURNING id";
+
+/// Alerts of $1 whose window `[window_start, window_end)` overlaps `[$2, $3)`, newest first,
+/// at most $4.
+pub(crate) const SELECT_ALERTS: &str = "
+SELECT source, rule, subject, window_start, window_end, count, first_event_id, last_event_id,
+    created_at, details
+FROM alerts
+WHERE source = $1 AND window_start < $3 AND window_end > $2
+ORDER BY window_start DESC, id DESC
+LIMIT $4";
+
+// --- queries ----------------------------------------------------------------------------------
+//
+// Time series come from the rollups; only `user_events` and the verification counts read raw
+// events. Ranges are half-open `[$from, $to)` over the per-minute buckets.
+
+/// Counts of $1 per bucket of $2 seconds, from the minutes in `[$3, $4)`, all names.
+/// `date_bin` from the Unix epoch: buckets are aligned in UTC whatever the session time zone.
+pub(crate) const COUNTS_ALL: &str = "
+SELECT date_bin($2::int8 * INTERVAL '1 second', bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b,
+    sum(count)::int8
+FROM event_counts_1m
+WHERE source = $1 AND bucket >= $3 AND bucket < $4
+GROUP BY b";
+
+/// As [`COUNTS_ALL`], for the one rollup name $5 (`coalesce(events.name, events.kind)`).
+pub(crate) const COUNTS_NAME: &str = "
+SELECT date_bin($2::int8 * INTERVAL '1 second', bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b,
+    sum(count)::int8
+FROM event_counts_1m
+WHERE source = $1 AND bucket >= $3 AND bucket < $4 AND name = $5
+GROUP BY b";
+
+/// Most frequent rollup names of $1 over the minutes in `[$2, $3)`, ties by name, at most $4.
+pub(crate) const TOP_EVENTS: &str = "
+SELECT name, sum(count)::int8 AS c
+FROM event_counts_1m
+WHERE source = $1 AND bucket >= $2 AND bucket < $3
+GROUP BY name
+ORDER BY c DESC, name ASC
+LIMIT $4";
+
+/// Active users of $1 for the days `[$2, $3]` (inclusive dates): one row per day that has any
+/// (`day`, users), plus the grand total row (`day` NULL, distinct users over all those days).
+pub(crate) const ACTIVE_USERS: &str = "
+SELECT day, count(DISTINCT user_key)::int8
+FROM daily_active_users
+WHERE source = $1 AND day >= $2 AND day <= $3
+GROUP BY GROUPING SETS ((day), ())";
+
+/// The columns of an event row, in the order `query::event_from_row` reads them.
+macro_rules! event_columns {
+    () => {
+        "event_id, source, kind, name, user_id, anonymous_id, group_id, previous_id, ts, \
+         original_ts, sent_at, received_at, properties, traits, context, integrations"
+    };
+}
+
+/// A user's newest raw events (index `events_source_user_ts_idx`, scanned backwards).
+pub(crate) const USER_EVENTS_BY_USER_ID: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE source = $1 AND user_id = $2 ORDER BY ts DESC, event_id DESC LIMIT $3"
+);
+
+/// An anonymous visitor's newest raw events (index `events_source_anon_ts_idx`).
+pub(crate) const USER_EVENTS_BY_ANONYMOUS_ID: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE source = $1 AND anonymous_id = $2 \
+     ORDER BY ts DESC, event_id DESC LIMIT $3"
+);
+
+/// Which of the ids $2 of $1 are stored: `event_dedupe` is written in the same transaction as
+/// the event, and its primary key answers without touching the raw events.
+pub(crate) const STORED_EVENT_IDS: &str = "
+SELECT event_id FROM event_dedupe WHERE source = $1 AND event_id = ANY($2::text[])";
+
+/// Rows and distinct ids in `events` of $1 whose id matches the LIKE pattern $2 (the prefix with
+/// `\`, `%` and `_` escaped, then `%`; see `query::like_prefix`).
+pub(crate) const COUNT_BY_ID_PREFIX: &str = "
+SELECT count(*)::int8, count(DISTINCT event_id)::int8
+FROM events
+WHERE source = $1 AND event_id LIKE $2 ESCAPE '\\'";
+
 // --- keys -------------------------------------------------------------------------------------
 
 pub(crate) const INSERT_KEY: &str = "
