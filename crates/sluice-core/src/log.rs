@@ -162,6 +162,34 @@ pub trait EventLog: Send + Sync + 'static {
             "tailing is not supported by this event log backend yet".into(),
         ))
     }
+
+    /// Entries of one shard from `start` up to and including the id `through`, oldest first, at
+    /// most `count`, read without any consumer group: no delivery is recorded and no position
+    /// moves. The fraud processor rebuilds its windows with it after a restart (the entries
+    /// just before its group's committed positions). Page on with `RangeStart::After(last id)`;
+    /// fewer than `count` entries means the range is exhausted.
+    async fn read_range(
+        &self,
+        shard: u32,
+        start: RangeStart<'_>,
+        through: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, LogError> {
+        let _ = (shard, start, through, count);
+        Err(LogError::Other(
+            "range reads are not supported by this event log backend yet".into(),
+        ))
+    }
+}
+
+/// Where [`EventLog::read_range`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeStart<'a> {
+    /// After this id (exclusive).
+    After(&'a str),
+    /// At the first entry appended at or after this wall-clock time, in milliseconds since the
+    /// Unix epoch (ids of the Redis and embedded backends are `{append ms}-{seq}`).
+    AppendedSinceMs(u64),
 }
 
 /// Where a tail reader is: the last id seen per shard (`None`: start from the end).

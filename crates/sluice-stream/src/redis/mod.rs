@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{RedisResult, Value};
 use sluice_core::log::{
-    DeadLetter, Entry, EventLog, GroupLag, LogError, Record, StartFrom, TailCursor,
+    DeadLetter, Entry, EventLog, GroupLag, LogError, RangeStart, Record, StartFrom, TailCursor,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -773,6 +773,42 @@ impl EventLog for RedisLog {
         block: Duration,
     ) -> Result<(Vec<Entry>, TailCursor), LogError> {
         self.tail_streams(cursor, count, block).await
+    }
+
+    async fn read_range(
+        &self,
+        shard: u32,
+        start: RangeStart<'_>,
+        through: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, LogError> {
+        let key = self.key(shard)?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        // XRANGE bounds: `(id` is exclusive (Redis >= 6.2); `ms` alone means `ms-0`.
+        let from = match start {
+            RangeStart::After(id) => format!("({id}"),
+            RangeStart::AppendedSinceMs(ms) => format!("{ms}-0"),
+        };
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(key).arg(from).arg(through).arg("COUNT").arg(count);
+        let reply: Value = self
+            .conn
+            .run(
+                "XRANGE",
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
+            .await?;
+        Ok(reply::entries(&reply)
+            .into_iter()
+            .map(|raw| Entry {
+                shard,
+                id: raw.id,
+                payload: raw.payload.unwrap_or_default(),
+                deliveries: 0,
+            })
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), LogError> {

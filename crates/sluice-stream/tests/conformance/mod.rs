@@ -638,3 +638,72 @@ pub async fn tail_reads_new_entries_without_a_group(log: &dyn EventLog) {
         "tailing must not create a consumer group"
     );
 }
+
+/// Range reads without a group: `AppendedSinceMs` starts at the first entry appended at or after
+/// that time, `After` pages on exclusively, `through` is inclusive, `count` bounds every answer,
+/// and no group's position moves.
+pub async fn read_range_pages_one_shard_without_a_group(log: &dyn EventLog) {
+    use sluice_core::log::RangeStart;
+
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let recs: Vec<Record> = (0..25).map(|i| record(0, format!(r#"{{"n":{i}}}"#))).collect();
+    log.append(recs).await.expect("append");
+    log.append(vec![record(1, r#"{"other":1}"#)])
+        .await
+        .expect("append");
+    // The last id of shard 0, through a group that is not the one checked below.
+    log.ensure_group("probe", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let all = drain(log, "probe", "p", 100).await;
+    let shard0: Vec<&Entry> = all.iter().filter(|e| e.shard == 0).collect();
+    assert_eq!(shard0.len(), 25);
+    let through = shard0[19].id.clone();
+    let last = shard0[24].id.clone();
+
+    let mut got: Vec<Entry> = Vec::new();
+    let mut page = log
+        .read_range(0, RangeStart::AppendedSinceMs(before_ms), &through, 7)
+        .await
+        .expect("range");
+    loop {
+        assert!(page.len() <= 7, "read_range returned {} for count 7", page.len());
+        let done = page.len() < 7;
+        got.extend(page);
+        if done {
+            break;
+        }
+        let after = got.last().expect("entries").id.clone();
+        page = log
+            .read_range(0, RangeStart::After(&after), &through, 7)
+            .await
+            .expect("range");
+    }
+    let ns: Vec<i64> = got
+        .iter()
+        .map(|e| {
+            assert_eq!(e.shard, 0);
+            serde_json::from_slice::<serde_json::Value>(&e.payload).expect("json")["n"]
+                .as_i64()
+                .expect("n")
+        })
+        .collect();
+    assert_eq!(ns, (0..20).collect::<Vec<i64>>(), "in order, through inclusive");
+
+    // A start after every entry: nothing.
+    let future = before_ms + 3_600_000;
+    let none = log
+        .read_range(0, RangeStart::AppendedSinceMs(future), &last, 10)
+        .await;
+    assert!(none.map(|v| v.is_empty()).unwrap_or(true));
+
+    // The group "g" has been delivered nothing.
+    let lag = log.lag().await.expect("lag");
+    assert_eq!(pending_of(&lag, "g"), (26, 0), "read_range moved a group");
+}
