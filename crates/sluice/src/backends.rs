@@ -1,26 +1,29 @@
-//! Backends chosen by URL, in one place: `redis://` (and later `kafka://`, `embedded:`) for the
-//! event log, `postgres://` for the warehouse. A URL of a backend this build does not have is a
-//! clear error at start-up.
+//! Backends chosen by URL, in one place: `redis://` or `embedded:DIR` (and `kafka://` when built
+//! with it) for the event log, `postgres://` or `embedded:DIR` for the warehouse. A URL of a
+//! backend this build does not have is a clear error at start-up.
+//!
+//! Defaults: `sluice serve` runs on the embedded backends in `--data-dir` (no services needed);
+//! the scale-out roles (`api`, `worker`) default to Redis and PostgreSQL on localhost.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use sluice_core::log::EventLog;
 use sluice_core::warehouse::Warehouse;
+use sluice_store::embedded::{SqliteOptions, SqliteWarehouse};
 use sluice_store::postgres::{create_database_if_missing, PgOptions, PgWarehouse};
+use sluice_stream::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use sluice_stream::redis::{RedisLog, RedisLogConfig};
 
 /// Event log settings shared by every role.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
-    /// Event log URL: redis://HOST:PORT/DB (query options: prefix, shards).
-    #[arg(
-        long = "log",
-        env = "SLUICE_LOG_URL",
-        default_value = "redis://127.0.0.1:6379/0"
-    )]
-    pub log_url: String,
+    /// Event log URL: redis://HOST:PORT/DB (query options: prefix, shards, …) or embedded:DIR.
+    /// Default: embedded:DATA_DIR/log for `serve`, redis://127.0.0.1:6379/0 otherwise.
+    #[arg(long = "log", env = "SLUICE_LOG_URL")]
+    pub log_url: Option<String>,
     /// Key prefix of the Redis streams.
     #[arg(long, env = "SLUICE_LOG_PREFIX")]
     pub log_prefix: Option<String>,
@@ -39,13 +42,14 @@ pub struct LogArgs {
 /// Warehouse settings shared by every role.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreUrlArgs {
-    /// Warehouse URL: postgres://USER@HOST:PORT/DB. The database is created if missing.
-    #[arg(
-        long = "store",
-        env = "SLUICE_STORE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/sluice"
-    )]
-    pub store_url: String,
+    /// Warehouse URL: postgres://USER@HOST:PORT/DB (the database is created if missing) or
+    /// embedded:DIR. Default: embedded:DATA_DIR for `serve` and `keys`,
+    /// postgres://postgres@127.0.0.1:5432/sluice otherwise.
+    #[arg(long = "store", env = "SLUICE_STORE_URL")]
+    pub store_url: Option<String>,
+    /// Data directory of the embedded backends.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "sluice-data")]
+    pub data_dir: PathBuf,
     /// Drop raw events older than this many days (default: keep everything).
     #[arg(long, env = "SLUICE_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
@@ -54,18 +58,52 @@ pub struct StoreUrlArgs {
     pub dedupe_window_hours: u64,
 }
 
+pub const DEFAULT_LOG_URL: &str = "redis://127.0.0.1:6379/0";
+pub const DEFAULT_STORE_URL: &str = "postgres://postgres@127.0.0.1:5432/sluice";
+
+impl StoreUrlArgs {
+    /// Fill in the embedded defaults (for `serve` and `keys`): the log in `DATA_DIR/log`, the
+    /// warehouse in `DATA_DIR`.
+    pub fn default_to_embedded(&mut self, log: Option<&mut LogArgs>) {
+        let dir = self.data_dir.display().to_string();
+        self.store_url
+            .get_or_insert_with(|| format!("embedded:{dir}"));
+        if let Some(log) = log {
+            log.log_url
+                .get_or_insert_with(|| format!("embedded:{dir}/log"));
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        self.store_url.as_deref().unwrap_or(DEFAULT_STORE_URL)
+    }
+
+    /// Whether the warehouse is the embedded one.
+    pub fn is_embedded(&self) -> bool {
+        scheme(self.url()) == "embedded"
+    }
+}
+
+impl LogArgs {
+    pub fn url(&self) -> &str {
+        self.log_url.as_deref().unwrap_or(DEFAULT_LOG_URL)
+    }
+}
+
 fn scheme(url: &str) -> &str {
     url.split_once(':').map_or(url, |(s, _)| s)
 }
 
-/// Open the event log named by `args.log_url`.
+/// Open the event log named by `--log` (or the default).
 pub async fn open_log(
     args: &LogArgs,
     required_groups: &[&str],
 ) -> anyhow::Result<Arc<dyn EventLog>> {
-    match scheme(&args.log_url) {
+    let url = args.url();
+    let required: Vec<String> = required_groups.iter().map(|s| s.to_string()).collect();
+    match scheme(url) {
         "redis" | "rediss" => {
-            let mut config = RedisLogConfig::from_url(&args.log_url).context("invalid --log URL")?;
+            let mut config = RedisLogConfig::from_url(url).context("invalid --log URL")?;
             if let Some(p) = &args.log_prefix {
                 config.prefix = p.clone();
             }
@@ -78,20 +116,44 @@ pub async fn open_log(
             if let Some(ms) = args.append_timeout_ms {
                 config.append_timeout = Duration::from_millis(ms);
             }
-            config.required_groups = required_groups.iter().map(|s| s.to_string()).collect();
-            let log = RedisLog::connect(config).await.context("cannot open the Redis event log")?;
+            config.required_groups = required;
+            let log = RedisLog::connect(config)
+                .await
+                .context("cannot open the Redis event log")?;
             Ok(Arc::new(log))
         }
-        "kafka" => bail!("this sluice was built without the `kafka` feature; rebuild with `--features kafka` to use {}", args.log_url),
-        "embedded" => bail!("the embedded event log is not available in this build yet; use --log redis://HOST:PORT"),
-        other => bail!("unknown event log URL scheme {other:?}: use redis://HOST:PORT/DB"),
+        "embedded" => {
+            let mut config = EmbeddedLogConfig::from_url(url).context("invalid --log URL")?;
+            if let Some(s) = args.shards {
+                config.shards = s;
+            }
+            if let Some(h) = args.high_water_mark {
+                config.high_water_mark = h;
+            }
+            if let Some(ms) = args.append_timeout_ms {
+                config.append_timeout = Duration::from_millis(ms);
+            }
+            config.required_groups = required;
+            let dir = config.dir.display().to_string();
+            let log = EmbeddedLog::open(config)
+                .await
+                .with_context(|| format!("cannot open the embedded event log in {dir}"))?;
+            Ok(Arc::new(log))
+        }
+        "kafka" => bail!(
+            "this sluice was built without the `kafka` feature; rebuild with `--features kafka` to use {url}"
+        ),
+        other => bail!(
+            "unknown event log URL scheme {other:?}: use redis://HOST:PORT/DB or embedded:DIR"
+        ),
     }
 }
 
 /// Open a warehouse by URL with default options (verification, tools).
 pub async fn open_store_url(url: &str) -> anyhow::Result<Store> {
     open_store(&StoreUrlArgs {
-        store_url: url.to_string(),
+        store_url: Some(url.to_string()),
+        data_dir: PathBuf::from("sluice-data"),
         retention_days: None,
         dedupe_window_hours: 24 * 7,
     })
@@ -101,32 +163,36 @@ pub async fn open_store_url(url: &str) -> anyhow::Result<Store> {
 /// The warehouse backends this build has.
 pub enum Store {
     Postgres(PgWarehouse),
+    Embedded(SqliteWarehouse),
 }
 
 impl Store {
     pub fn into_warehouse(self) -> Arc<dyn Warehouse> {
         match self {
             Store::Postgres(pg) => Arc::new(pg),
+            Store::Embedded(sqlite) => Arc::new(sqlite),
         }
     }
 }
 
-/// Open the warehouse named by `args.store_url` and apply its migrations.
+/// Open the warehouse named by `--store` (or the default) and apply its migrations.
 pub async fn open_store(args: &StoreUrlArgs) -> anyhow::Result<Store> {
-    match scheme(&args.store_url) {
+    let url = args.url();
+    let dedupe_window = Duration::from_secs(args.dedupe_window_hours * 3600);
+    match scheme(url) {
         "postgres" | "postgresql" => {
             let opts = PgOptions {
                 retention_days: args.retention_days,
-                dedupe_window: Duration::from_secs(args.dedupe_window_hours * 3600),
+                dedupe_window,
                 ..PgOptions::default()
             };
-            match create_database_if_missing(&args.store_url).await {
+            match create_database_if_missing(url).await {
                 Ok(true) => tracing::info!("created the warehouse database"),
                 Ok(false) => {}
                 // Maybe no access to the maintenance database: connecting below says more.
                 Err(e) => tracing::debug!(error = %e, "could not check for the warehouse database"),
             }
-            let pg = PgWarehouse::connect(&args.store_url, opts)
+            let pg = PgWarehouse::connect(url, opts)
                 .await
                 .context("cannot connect to PostgreSQL")?;
             pg.migrate()
@@ -134,9 +200,19 @@ pub async fn open_store(args: &StoreUrlArgs) -> anyhow::Result<Store> {
                 .context("applying warehouse migrations")?;
             Ok(Store::Postgres(pg))
         }
-        "embedded" => bail!(
-            "the embedded warehouse is not available in this build yet; use --store postgres://…"
+        "embedded" => {
+            let opts = SqliteOptions {
+                retention_days: args.retention_days,
+                dedupe_window,
+                ..SqliteOptions::default()
+            };
+            let sqlite = SqliteWarehouse::from_url(url, opts)
+                .await
+                .with_context(|| format!("cannot open the embedded warehouse ({url})"))?;
+            Ok(Store::Embedded(sqlite))
+        }
+        other => bail!(
+            "unknown warehouse URL scheme {other:?}: use postgres://USER@HOST:PORT/DB or embedded:DIR"
         ),
-        other => bail!("unknown warehouse URL scheme {other:?}: use postgres://USER@HOST:PORT/DB"),
     }
 }

@@ -2,7 +2,10 @@
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use std::sync::Arc;
+
 use sluice_core::keys::KeyKind;
+use sluice_core::warehouse::Warehouse;
 
 use crate::backends::{open_store, StoreUrlArgs};
 
@@ -43,6 +46,12 @@ fn parse_kind(s: &str) -> Result<KeyKind, String> {
     KeyKind::parse(s).ok_or_else(|| format!("unknown key kind {s:?}: use write or read"))
 }
 
+/// Keys live in the warehouse: the embedded one in `--data-dir` unless `--store` names another.
+async fn open_keys_store(mut store: StoreUrlArgs) -> anyhow::Result<Arc<dyn Warehouse>> {
+    store.default_to_embedded(None);
+    Ok(open_store(&store).await?.into_warehouse())
+}
+
 pub async fn migrate(args: StoreArgs) -> anyhow::Result<()> {
     open_store(&args.store).await?;
     println!("migrations applied");
@@ -59,7 +68,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             if source.trim().is_empty() {
                 anyhow::bail!("--source must not be empty");
             }
-            let store = open_store(&store).await?.into_warehouse();
+            let store = open_keys_store(store).await?;
             let (key, record) = store
                 .create_key(&source, kind)
                 .await
@@ -73,7 +82,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             println!("{key}");
         }
         KeysCommand::List { store } => {
-            let store = open_store(&store).await?.into_warehouse();
+            let store = open_keys_store(store).await?;
             let keys = store.list_keys().await.context("listing keys")?;
             println!(
                 "{:<6} {:<6} {:<20} {:<14} {:<25} revoked",
@@ -95,7 +104,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { key, store } => {
-            let store = open_store(&store).await?.into_warehouse();
+            let store = open_keys_store(store).await?;
             let record = store.revoke_key(&key).await.context("revoking the key")?;
             println!(
                 "revoked {} key {} ({}) of source {:?}",

@@ -140,7 +140,7 @@ async fn run_api(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, log = %redact(&args.log.log_url), store = %redact(&args.store.store_url), "sluice API listening");
+    tracing::info!(%addr, log = %redact(args.log.url()), store = %redact(args.store.url()), "sluice API listening");
     println!("sluice API listening on http://{addr}");
     if let Some(first) = first_keys {
         print_first_keys(&first, addr);
@@ -171,7 +171,9 @@ async fn run_api(
 }
 
 /// Run the API and the processors in one process; stop both on SIGINT/SIGTERM.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    let api = &mut args.api;
+    api.store.default_to_embedded(Some(&mut api.log));
     let shutdown = shutdown::on_signals();
     let store = open_store(&args.api.store).await?.into_warehouse();
     let log = open_log(&args.api.log, &[warehouse::GROUP]).await?;
