@@ -107,11 +107,17 @@ async fn create_first_keys(store: &dyn Warehouse) -> anyhow::Result<Option<First
     }))
 }
 
-fn print_first_keys(keys: &FirstKeys, addr: std::net::SocketAddr) {
+fn print_first_keys(keys: &FirstKeys, addr: std::net::SocketAddr, keys_flag: &str) {
     println!();
-    println!("First start: created keys for source {:?} (shown only now; `sluice keys list` shows their ids):", keys.source);
+    println!(
+        "First start: created keys for source {:?}. They are shown only now; `sluice keys list{keys_flag}` lists them.",
+        keys.source
+    );
     println!("  write key: {}", keys.write);
     println!("  read key:  {}", keys.read);
+    println!();
+    println!("  ingest:    http://{addr}/v1/track, /v1/batch, … (Segment HTTP API)");
+    println!("  dashboard: http://{addr}/#key={}", keys.read);
     println!();
     println!("Send an event:");
     println!(
@@ -142,21 +148,32 @@ async fn run_api(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, log = %redact(args.log.url()), store = %redact(args.store.url()), "sluice API listening");
     println!("sluice API listening on http://{addr}");
+    // How the user names this store on the command line, for the hints below.
+    let keys_flag = if args.store.is_embedded() {
+        format!(" --data-dir {}", args.store.data_dir.display())
+    } else {
+        format!(" --store {}", redact(args.store.url()))
+    };
     if let Some(first) = first_keys {
-        print_first_keys(&first, addr);
-    } else if !store
-        .list_keys()
-        .await
-        .context("listing API keys")?
-        .iter()
-        .any(|k| k.revoked_at.is_none() && k.kind == KeyKind::Write)
-    {
+        print_first_keys(&first, addr, &keys_flag);
+    } else {
+        let active = store
+            .list_keys()
+            .await
+            .context("listing API keys")?
+            .into_iter()
+            .filter(|k| k.revoked_at.is_none())
+            .count();
         println!(
-            "no active write key: create one with `sluice keys create --source NAME --kind write`"
+            "{active} active API keys in the warehouse (`sluice keys list{keys_flag}`); create one with `sluice keys create{keys_flag} --source NAME --kind write|read`"
         );
+        println!("dashboard: http://{addr}/#key=<read key>");
     }
     let state = AppState {
+        // Tails the log for `/v1/live` and the dashboard; stops when the server drops the state.
+        live: sluice_worker::LiveHub::spawn(log.clone(), sluice_worker::LiveConfig::default()),
         log,
+        store,
         keys,
         config: Arc::new(ServerConfig {
             limits: args.limits(),
