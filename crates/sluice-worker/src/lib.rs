@@ -5,7 +5,10 @@
 //!   processor committed; resume own pending entries at start, claim those of dead consumers,
 //!   trim what every group has processed, stop cleanly on shutdown.
 //! - [`warehouse`]: the exactly-once warehouse processor.
+//! - [`fraud`]: the fraud/anomaly processor (sliding event-time windows, alerts committed
+//!   exactly once with the group's positions, windows rebuilt from the log at start).
 
+pub mod fraud;
 pub mod runtime;
 pub mod warehouse;
 

@@ -106,6 +106,27 @@ pub trait Processor: Send + Sync + 'static {
         positions: &[ShardPosition],
         stats: &WorkerStats,
     ) -> Result<(), ProcessError>;
+
+    /// [`Processor::process`] with the log entries of the events (aligned by index). Stateful
+    /// processors override it to recognise entries redelivered after their effects were
+    /// committed (by id, against their own committed positions).
+    async fn process_entries(
+        &self,
+        entries: &[Entry],
+        events: &[Event],
+        positions: &[ShardPosition],
+        stats: &WorkerStats,
+    ) -> Result<(), ProcessError> {
+        let _ = entries;
+        self.process(events, positions, stats).await
+    }
+
+    /// Most batches of this processor committing at once, whatever
+    /// `ConsumerConfig::commit_concurrency` says. A processor whose state depends on the order of
+    /// batches answers 1.
+    fn max_commit_concurrency(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Entries and their decoded events, aligned by index.
@@ -232,6 +253,11 @@ impl<P: Processor> Worker<P> {
         };
         // Up to `commit_concurrency` batches commit at once (each on its own warehouse
         // connection); each is acknowledged as soon as its own commit is done.
+        let concurrency = self
+            .config
+            .commit_concurrency
+            .min(self.processor.max_commit_concurrency())
+            .max(1);
         let me = Arc::new(self);
         let mut inflight = tokio::task::JoinSet::new();
         let mut reading = true;
@@ -242,7 +268,7 @@ impl<P: Processor> Worker<P> {
                         break;
                     }
                 }
-                batch = rx.recv(), if reading && inflight.len() < me.config.commit_concurrency.max(1) => {
+                batch = rx.recv(), if reading && inflight.len() < concurrency => {
                     match batch {
                         Some(batch) => {
                             let (me, group, stop) = (me.clone(), group.clone(), stop_rx.clone());
@@ -303,7 +329,7 @@ impl<P: Processor> Worker<P> {
             let started = Instant::now();
             match self
                 .processor
-                .process(events, &positions(entries), &self.stats)
+                .process_entries(entries, events, &positions(entries), &self.stats)
                 .await
             {
                 Ok(()) => {

@@ -1,0 +1,687 @@
+//! The rules' window logic, pure and deterministic: events in, alerts out, no IO and no clock
+//! (the alert's `created_at` is passed in). [`super::FraudProcessor`] drives it.
+//!
+//! ## Windows
+//! Every windowed rule keeps, per subject, the events of the last `W` of **event time**
+//! (`Event::timestamp`, after Segment's skew correction): a deque sorted by time, pruned to
+//! `(newest − W, newest]`, so all it holds fits in one window. When it holds more than `N`
+//! (events, or distinct users for `ip_many_users`) the rule fires at once:
+//!
+//! - `window_start` = time of the oldest event in the deque (the start of the burst),
+//!   `window_end = window_start + W`, `count` = what the deque holds (N + 1 when it fires as the
+//!   threshold is crossed), first/last event ids = oldest/newest by time;
+//! - the deque is cleared and the subject is in **cooldown** until `window_end`: events with a
+//!   time before it are ignored by this rule. The next alert of the subject needs N + 1 fresh
+//!   events at or after `window_end`, so one burst raises one alert, and a sustained attack one
+//!   per window.
+//!
+//! An event older than `newest − W` for its subject (late, out of order) is too late for any
+//! window still open and is ignored by the windowed rules (counted in `FraudStats::late`).
+//!
+//! `window_start` comes from event data only (no wall clock), and a user's events are in one
+//! shard in a fixed order, so replaying the same entries gives the same alert key
+//! `(source, rule, subject, window_start)`.
+//!
+//! ## `clock_skew`
+//! Per event: `sent_at − received_at` (the client's clock, when `sent_at` is present), then
+//! `timestamp − received_at` (the corrected event time: the event's age by the client's own
+//! clock when it sent both times, else its raw `timestamp`) must lie within
+//! `[−max_past, +max_future]`. The first skewed event of a subject (user key, else IP) fires with
+//! `window_start = received_at`, `window_end = received_at + cooldown`; later skewed events of
+//! that subject with `received_at` before `window_end` raise nothing.
+//!
+//! ## Restart
+//! [`Detector::replay`] fills the windows without evaluating (the entries before the committed
+//! positions), [`Detector::seed`] restores a cooldown from a committed alert; evaluation then
+//! prunes what a cooldown covers, which leaves exactly the state an uninterrupted run had.
+//!
+//! ## Memory
+//! A subject's deque never holds more than N + 1 entries (it fires and clears past N). Subjects
+//! not seen for longer than their rule needs (by `received_at`, the server's clock) are dropped
+//! by [`Detector::maintain`]; past `max_subjects` the least recently seen go (counted in
+//! `FraudStats::evicted`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sluice_core::warehouse::Alert;
+use sluice_core::Event;
+
+use super::config::FraudConfig;
+
+pub const USER_RATE: &str = "user_rate";
+pub const IP_MANY_USERS: &str = "ip_many_users";
+pub const NAME_BURST: &str = "name_burst";
+pub const CLOCK_SKEW: &str = "clock_skew";
+
+/// How many observed events between two idle sweeps.
+const SWEEP_EVERY: u64 = 200_000;
+/// Evicting for the cap goes this far below it, so it does not run on every batch.
+const EVICT_TO: f64 = 0.9;
+
+/// Counters of the fraud processor, read by `/metrics` and tests.
+#[derive(Debug, Default)]
+pub struct FraudStats {
+    /// Subjects held in memory now (all rules).
+    pub subjects: AtomicU64,
+    /// Subjects evicted because `max_subjects` was reached (least recently seen first).
+    pub evicted: AtomicU64,
+    /// Subjects dropped because they were idle past their windows (no state lost).
+    pub expired: AtomicU64,
+    /// Alerts newly stored (duplicates of stored alerts not counted).
+    pub alerts: AtomicU64,
+    /// Events ignored by a windowed rule because they were older than the subject's window.
+    pub late: AtomicU64,
+    /// Entries skipped because their effects were already committed (redelivery).
+    pub redelivered: AtomicU64,
+    /// Events re-read from the log to rebuild the windows at start.
+    pub rebuilt: AtomicU64,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Text for the warehouse: PostgreSQL refuses NUL in `text`.
+fn clean(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{fffd}")
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Per-subject state of a windowed rule.
+trait SubjectState {
+    fn touched(&self) -> u64;
+    fn set_cooldown(&mut self, until: i64);
+}
+
+/// The events of one subject within its window (`user_rate`, `name_burst`).
+#[derive(Debug)]
+struct Burst {
+    /// `(time µs, event id)`, sorted by time.
+    events: VecDeque<(i64, Box<str>)>,
+    newest: i64,
+    cooldown_until: i64,
+    last_received: i64,
+    touched: u64,
+}
+
+/// What a rule found when it fired.
+struct Fired {
+    start: i64,
+    count: u64,
+    first_id: String,
+    last_id: String,
+}
+
+impl Burst {
+    fn new() -> Burst {
+        Burst {
+            events: VecDeque::new(),
+            newest: i64::MIN,
+            cooldown_until: i64::MIN,
+            last_received: i64::MIN,
+            touched: 0,
+        }
+    }
+
+    /// Add an event; with `evaluate`, fire when more than `n` fit in the window `w`.
+    fn add(
+        &mut self,
+        ts: i64,
+        id: &str,
+        w: i64,
+        n: usize,
+        evaluate: bool,
+        stats: &FraudStats,
+    ) -> Option<Fired> {
+        if ts < self.cooldown_until {
+            // Still moves `newest`, as replaying it (cooldown not known yet) does.
+            self.newest = self.newest.max(ts);
+            return None;
+        }
+        if self.newest != i64::MIN && ts <= self.newest.saturating_sub(w) {
+            stats.late.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let at = self.events.partition_point(|(t, _)| *t <= ts);
+        self.events.insert(at, (ts, id.into()));
+        self.newest = self.newest.max(ts);
+        let floor = self.newest.saturating_sub(w);
+        while self
+            .events
+            .front()
+            .is_some_and(|(t, _)| *t <= floor || *t < self.cooldown_until)
+        {
+            self.events.pop_front();
+        }
+        if evaluate && self.events.len() > n {
+            let (start, first) = self.events.front().cloned()?;
+            let (_, last) = self.events.back().cloned()?;
+            let fired = Fired {
+                start,
+                count: self.events.len() as u64,
+                first_id: first.into(),
+                last_id: last.into(),
+            };
+            self.cooldown_until = start.saturating_add(w);
+            self.events.clear();
+            return Some(fired);
+        }
+        // Replaying: an uninterrupted run fired and cleared past `n`; keep only the newest
+        // `n + 1`, which is all evaluation can need once the cooldown is seeded.
+        while self.events.len() > n + 1 {
+            self.events.pop_front();
+        }
+        None
+    }
+}
+
+impl SubjectState for Burst {
+    fn touched(&self) -> u64 {
+        self.touched
+    }
+    fn set_cooldown(&mut self, until: i64) {
+        self.cooldown_until = self.cooldown_until.max(until);
+    }
+}
+
+/// The distinct users of one IP within its window: `(user, latest time µs, its event id)`.
+#[derive(Debug)]
+struct Crowd {
+    users: Vec<(Box<str>, i64, Box<str>)>,
+    newest: i64,
+    cooldown_until: i64,
+    last_received: i64,
+    touched: u64,
+}
+
+impl Crowd {
+    fn new() -> Crowd {
+        Crowd {
+            users: Vec::new(),
+            newest: i64::MIN,
+            cooldown_until: i64::MIN,
+            last_received: i64::MIN,
+            touched: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        ts: i64,
+        user: &str,
+        id: &str,
+        w: i64,
+        n: usize,
+        evaluate: bool,
+        stats: &FraudStats,
+    ) -> Option<Fired> {
+        if ts < self.cooldown_until {
+            self.newest = self.newest.max(ts);
+            return None;
+        }
+        if self.newest != i64::MIN && ts <= self.newest.saturating_sub(w) {
+            stats.late.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match self.users.iter_mut().find(|(u, _, _)| &**u == user) {
+            Some(seen) => {
+                if ts >= seen.1 {
+                    seen.1 = ts;
+                    seen.2 = id.into();
+                }
+            }
+            None => self.users.push((user.into(), ts, id.into())),
+        }
+        self.newest = self.newest.max(ts);
+        let floor = self.newest.saturating_sub(w);
+        let cooldown = self.cooldown_until;
+        self.users.retain(|(_, t, _)| *t > floor && *t >= cooldown);
+        if evaluate && self.users.len() > n {
+            let first = self.users.iter().min_by_key(|(_, t, _)| *t)?;
+            let last = self.users.iter().max_by_key(|(_, t, _)| *t)?;
+            let fired = Fired {
+                start: first.1,
+                count: self.users.len() as u64,
+                first_id: first.2.to_string(),
+                last_id: last.2.to_string(),
+            };
+            self.cooldown_until = fired.start.saturating_add(w);
+            self.users.clear();
+            return Some(fired);
+        }
+        while self.users.len() > n + 1 {
+            if let Some(oldest) = (0..self.users.len()).min_by_key(|&i| self.users[i].1) {
+                self.users.swap_remove(oldest);
+            }
+        }
+        None
+    }
+}
+
+impl SubjectState for Crowd {
+    fn touched(&self) -> u64 {
+        self.touched
+    }
+    fn set_cooldown(&mut self, until: i64) {
+        self.cooldown_until = self.cooldown_until.max(until);
+    }
+}
+
+/// `clock_skew` keeps only a cooldown per subject (server time, `received_at`).
+#[derive(Debug)]
+struct Skew {
+    cooldown_until: i64,
+    last_received: i64,
+    touched: u64,
+}
+
+impl SubjectState for Skew {
+    fn touched(&self) -> u64 {
+        self.touched
+    }
+    fn set_cooldown(&mut self, until: i64) {
+        self.cooldown_until = self.cooldown_until.max(until);
+    }
+}
+
+/// Subjects of one rule, by source then subject (lookups by `&str`, no allocation).
+#[derive(Debug)]
+struct Subjects<S> {
+    by_source: HashMap<Box<str>, HashMap<Box<str>, S>>,
+    len: usize,
+}
+
+impl<S: SubjectState> Subjects<S> {
+    fn new() -> Subjects<S> {
+        Subjects {
+            by_source: HashMap::new(),
+            len: 0,
+        }
+    }
+
+    fn get_or_insert(&mut self, source: &str, subject: &str, new: impl FnOnce() -> S) -> &mut S {
+        if !self.by_source.contains_key(source) {
+            self.by_source.insert(source.into(), HashMap::new());
+        }
+        let map = self.by_source.get_mut(source).expect("inserted just above");
+        if !map.contains_key(subject) {
+            map.insert(subject.into(), new());
+            self.len += 1;
+        }
+        map.get_mut(subject).expect("inserted just above")
+    }
+
+    /// Keep the subjects `keep` accepts; returns how many went.
+    fn retain(&mut self, mut keep: impl FnMut(&S) -> bool) -> usize {
+        let before = self.len;
+        for map in self.by_source.values_mut() {
+            map.retain(|_, s| keep(s));
+        }
+        self.by_source.retain(|_, m| !m.is_empty());
+        self.len = self.by_source.values().map(HashMap::len).sum();
+        before - self.len
+    }
+
+    fn touched(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_source
+            .values()
+            .flat_map(|m| m.values().map(SubjectState::touched))
+    }
+}
+
+/// Every rule's windows.
+pub struct Detector {
+    config: FraudConfig,
+    names: HashSet<String>,
+    user_rate: Subjects<Burst>,
+    name_burst: Subjects<Burst>,
+    ip: Subjects<Crowd>,
+    skew: Subjects<Skew>,
+    /// Logical clock for "least recently seen": one tick per event.
+    tick: u64,
+    /// Newest `received_at` seen (µs): the server-time clock idle subjects are measured by.
+    watermark: i64,
+    since_sweep: u64,
+    stats: Arc<FraudStats>,
+}
+
+impl Detector {
+    pub fn new(config: FraudConfig, stats: Arc<FraudStats>) -> Detector {
+        let names = config.name_burst.names.iter().cloned().collect();
+        stats.subjects.store(0, Ordering::Relaxed);
+        Detector {
+            config,
+            names,
+            user_rate: Subjects::new(),
+            name_burst: Subjects::new(),
+            ip: Subjects::new(),
+            skew: Subjects::new(),
+            tick: 0,
+            watermark: i64::MIN,
+            since_sweep: 0,
+            stats,
+        }
+    }
+
+    pub fn config(&self) -> &FraudConfig {
+        &self.config
+    }
+
+    /// Subjects held now, all rules.
+    pub fn subjects(&self) -> usize {
+        self.user_rate.len + self.name_burst.len + self.ip.len + self.skew.len
+    }
+
+    /// Evaluate one event: update its windows and push the alerts it raises.
+    pub fn observe(&mut self, event: &Event, now: DateTime<Utc>, out: &mut Vec<Alert>) {
+        self.apply(event, Some((now, out)));
+    }
+
+    /// Put an event into its windows without evaluating any rule (rebuild at start).
+    pub fn replay(&mut self, event: &Event) {
+        self.apply(event, None);
+    }
+
+    /// Restore the cooldown a committed alert implies.
+    pub fn seed(&mut self, alert: &Alert) {
+        let until = micros(alert.window_end);
+        let tick = self.tick;
+        let (source, subject) = (alert.source.as_str(), alert.subject.as_str());
+        match alert.rule.as_str() {
+            USER_RATE => self
+                .user_rate
+                .get_or_insert(source, subject, || Burst {
+                    touched: tick,
+                    ..Burst::new()
+                })
+                .set_cooldown(until),
+            NAME_BURST => self
+                .name_burst
+                .get_or_insert(source, subject, || Burst {
+                    touched: tick,
+                    ..Burst::new()
+                })
+                .set_cooldown(until),
+            IP_MANY_USERS => self
+                .ip
+                .get_or_insert(source, subject, || Crowd {
+                    touched: tick,
+                    ..Crowd::new()
+                })
+                .set_cooldown(until),
+            CLOCK_SKEW => self
+                .skew
+                .get_or_insert(source, subject, || Skew {
+                    cooldown_until: i64::MIN,
+                    last_received: i64::MIN,
+                    touched: tick,
+                })
+                .set_cooldown(until),
+            _ => {}
+        }
+        self.stats
+            .subjects
+            .store(self.subjects() as u64, Ordering::Relaxed);
+    }
+
+    fn apply(&mut self, e: &Event, mut eval: Option<(DateTime<Utc>, &mut Vec<Alert>)>) {
+        self.tick += 1;
+        self.since_sweep += 1;
+        let tick = self.tick;
+        let ts = micros(e.timestamp);
+        let received = micros(e.received_at);
+        self.watermark = self.watermark.max(received);
+        let evaluate = eval.is_some();
+        let user = e.user_key();
+        let stats = self.stats.clone();
+
+        if let (true, Some(user)) = (self.config.user_rate.enabled, user) {
+            let rule = &self.config.user_rate;
+            let state = self.user_rate.get_or_insert(&e.source, user, Burst::new);
+            state.touched = tick;
+            state.last_received = state.last_received.max(received);
+            let fired = state.add(
+                ts,
+                &e.event_id,
+                window_us(rule.window_secs),
+                rule.threshold as usize,
+                evaluate,
+                &stats,
+            );
+            if let (Some(f), Some((now, out))) = (fired, eval.as_mut()) {
+                out.push(alert(
+                    e,
+                    USER_RATE,
+                    user,
+                    f,
+                    window_us(rule.window_secs),
+                    *now,
+                    json!({
+                        "threshold": rule.threshold,
+                        "window_secs": rule.window_secs,
+                    }),
+                ));
+            }
+        }
+
+        if let (true, Some(user), Some(name)) =
+            (self.config.name_burst.enabled, user, e.name.as_deref())
+        {
+            if self.names.is_empty() || self.names.contains(name) {
+                let rule = &self.config.name_burst;
+                let subject = format!("{user}/{name}");
+                let state = self
+                    .name_burst
+                    .get_or_insert(&e.source, &subject, Burst::new);
+                state.touched = tick;
+                state.last_received = state.last_received.max(received);
+                let fired = state.add(
+                    ts,
+                    &e.event_id,
+                    window_us(rule.window_secs),
+                    rule.threshold as usize,
+                    evaluate,
+                    &stats,
+                );
+                if let (Some(f), Some((now, out))) = (fired, eval.as_mut()) {
+                    out.push(alert(
+                        e,
+                        NAME_BURST,
+                        &subject,
+                        f,
+                        window_us(rule.window_secs),
+                        *now,
+                        json!({
+                            "threshold": rule.threshold,
+                            "window_secs": rule.window_secs,
+                            "user": clean(user),
+                            "name": clean(name),
+                        }),
+                    ));
+                }
+            }
+        }
+
+        let watched_ip = e.ip().filter(|ip| self.config.ip_many_users.watches(ip));
+        if let (true, Some(user), Some(ip)) = (self.config.ip_many_users.enabled, user, watched_ip)
+        {
+            let rule = &self.config.ip_many_users;
+            let state = self.ip.get_or_insert(&e.source, ip, Crowd::new);
+            state.touched = tick;
+            state.last_received = state.last_received.max(received);
+            let fired = state.add(
+                ts,
+                user,
+                &e.event_id,
+                window_us(rule.window_secs),
+                rule.threshold as usize,
+                evaluate,
+                &stats,
+            );
+            if let (Some(f), Some((now, out))) = (fired, eval.as_mut()) {
+                out.push(alert(
+                    e,
+                    IP_MANY_USERS,
+                    ip,
+                    f,
+                    window_us(rule.window_secs),
+                    *now,
+                    json!({
+                        "threshold": rule.threshold,
+                        "window_secs": rule.window_secs,
+                    }),
+                ));
+            }
+        }
+
+        if self.config.clock_skew.enabled && evaluate {
+            if let (Some(subject), Some((check, offset))) =
+                (user.or(e.ip()), skew_of(e, &self.config))
+            {
+                let cooldown = window_us(self.config.clock_skew.cooldown_secs);
+                let state = self.skew.get_or_insert(&e.source, subject, || Skew {
+                    cooldown_until: i64::MIN,
+                    last_received: i64::MIN,
+                    touched: tick,
+                });
+                state.touched = tick;
+                state.last_received = state.last_received.max(received);
+                if received >= state.cooldown_until {
+                    state.cooldown_until = received.saturating_add(cooldown);
+                    if let Some((now, out)) = eval.as_mut() {
+                        let rule = &self.config.clock_skew;
+                        out.push(alert(
+                            e,
+                            CLOCK_SKEW,
+                            subject,
+                            Fired {
+                                start: received,
+                                count: 1,
+                                first_id: e.event_id.clone(),
+                                last_id: e.event_id.clone(),
+                            },
+                            cooldown,
+                            *now,
+                            json!({
+                                "check": check,
+                                "offset_secs": offset as f64 / 1e6,
+                                "max_past_secs": rule.max_past_secs,
+                                "max_future_secs": rule.max_future_secs,
+                                "timestamp": e.timestamp,
+                                "original_timestamp": e.original_timestamp,
+                                "sent_at": e.sent_at,
+                                "received_at": e.received_at,
+                            }),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drop idle subjects (every so many events) and enforce `max_subjects`. Call between
+    /// batches.
+    pub fn maintain(&mut self) {
+        let max = self.config.max_subjects;
+        if self.since_sweep >= SWEEP_EVERY || self.subjects() > max {
+            self.since_sweep = 0;
+            let slack = window_us(self.config.rebuild_slack_secs);
+            let keep = |secs: u64| self.watermark.saturating_sub(window_us(secs) + slack);
+            let (ur, nb, ip, sk) = (
+                keep(self.config.user_rate.window_secs),
+                keep(self.config.name_burst.window_secs),
+                keep(self.config.ip_many_users.window_secs),
+                keep(self.config.clock_skew.cooldown_secs),
+            );
+            let expired = self.user_rate.retain(|s| s.last_received >= ur)
+                + self.name_burst.retain(|s| s.last_received >= nb)
+                + self.ip.retain(|s| s.last_received >= ip)
+                + self.skew.retain(|s| s.last_received >= sk);
+            self.stats
+                .expired
+                .fetch_add(expired as u64, Ordering::Relaxed);
+        }
+        let total = self.subjects();
+        if total > max {
+            // Least recently seen first: the tick below which subjects go.
+            let target = ((max as f64) * EVICT_TO) as usize;
+            let mut ticks: Vec<u64> = self
+                .user_rate
+                .touched()
+                .chain(self.name_burst.touched())
+                .chain(self.ip.touched())
+                .chain(self.skew.touched())
+                .collect();
+            let drop = total - target;
+            let (_, cut, _) = ticks.select_nth_unstable(drop.saturating_sub(1));
+            let cut = *cut;
+            let evicted = self.user_rate.retain(|s| s.touched() > cut)
+                + self.name_burst.retain(|s| s.touched() > cut)
+                + self.ip.retain(|s| s.touched() > cut)
+                + self.skew.retain(|s| s.touched() > cut);
+            self.stats
+                .evicted
+                .fetch_add(evicted as u64, Ordering::Relaxed);
+        }
+        self.stats
+            .subjects
+            .store(self.subjects() as u64, Ordering::Relaxed);
+    }
+}
+
+fn window_us(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// Which `clock_skew` check an event fails, and by how much (µs, positive = future).
+pub fn skew_of(e: &Event, config: &FraudConfig) -> Option<(&'static str, i64)> {
+    let rule = &config.clock_skew;
+    let past = window_us(rule.max_past_secs);
+    let future = window_us(rule.max_future_secs);
+    let received = micros(e.received_at);
+    let off = |t: DateTime<Utc>| micros(t).saturating_sub(received);
+    let outside = |d: i64| d > future || d < -past;
+    if let Some(sent) = e.sent_at {
+        let d = off(sent);
+        if outside(d) {
+            return Some(("sent_at", d));
+        }
+    }
+    let d = off(e.timestamp);
+    outside(d).then_some(("timestamp", d))
+}
+
+fn alert(
+    e: &Event,
+    rule: &str,
+    subject: &str,
+    f: Fired,
+    w: i64,
+    now: DateTime<Utc>,
+    details: serde_json::Value,
+) -> Alert {
+    Alert {
+        source: clean(&e.source),
+        rule: rule.to_owned(),
+        subject: clean(subject),
+        window_start: time(f.start),
+        window_end: time(f.start.saturating_add(w)),
+        count: f.count,
+        first_event_id: clean(&f.first_id),
+        last_event_id: clean(&f.last_id),
+        created_at: now,
+        details,
+    }
+}
