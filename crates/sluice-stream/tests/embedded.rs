@@ -388,7 +388,12 @@ async fn large_backlog_reads_in_bounded_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with --release -- --ignored --nocapture"]
 async fn throughput() {
-    for durability in [Durability::Flush, Durability::Fsync] {
+    let runs = [
+        (Durability::Flush, 32, 500),
+        (Durability::Fsync, 32, 500),
+        (Durability::Fsync, 4, 1000),
+    ];
+    for (durability, tasks, batches_per_task) in runs {
         let f = Fixture::new(|c| {
             c.durability = durability;
             c.shards = 8;
@@ -396,8 +401,6 @@ async fn throughput() {
         })
         .await;
         let log = Arc::new(f.log);
-        let batches_per_task = 500;
-        let tasks = 32;
         let started = Instant::now();
         let mut handles = Vec::new();
         for t in 0..tasks {

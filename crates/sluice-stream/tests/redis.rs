@@ -77,21 +77,6 @@ impl Drop for Fixture {
 
 conformance_cases!(f => Fixture::new(|_| {}).await, f.log());
 
-// Not in `conformance_cases!` yet: the embedded backend does not implement `tail` so far. Move it
-// into that list once it does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_reads_new_entries_without_a_group() {
-    let f = Fixture::new(|_| {}).await;
-    conformance::tail_reads_new_entries_without_a_group(f.log()).await;
-}
-
-// Not in `conformance_cases!` yet either: the embedded backend does not implement `read_range`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_range_pages_one_shard_without_a_group() {
-    let f = Fixture::new(|_| {}).await;
-    conformance::read_range_pages_one_shard_without_a_group(f.log()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_overload_and_recovery() {
     let f = Fixture::new(|c| {

@@ -21,11 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sluice_core::log::{DeadLetter, Entry, EventLog, GroupLag, LogError, Record, StartFrom};
+use sluice_core::log::{
+    DeadLetter, Entry, EventLog, GroupLag, LogError, RangeStart, Record, StartFrom, TailCursor,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{Durability, EmbeddedLogConfig};
 
+use keys::Id;
 use store::Store;
 use writer::AppendRequest;
 
@@ -319,6 +322,70 @@ impl EventLog for EmbeddedLog {
         Ok(self.store.len())
     }
 
+    async fn tail(
+        &self,
+        cursor: &TailCursor,
+        count: usize,
+        block: Duration,
+    ) -> Result<(Vec<Entry>, TailCursor), LogError> {
+        let shards = self.config.shards as usize;
+        let mut last: Vec<Option<Id>> = (0..shards)
+            .map(|i| match cursor.last.get(i).cloned().flatten() {
+                Some(id) => parse_id(&id).map(Some),
+                None => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let appended = self.store.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+
+            let first_shard = (self.rotation.fetch_add(1, Ordering::Relaxed) % shards) as u32;
+            let (entries, moved) = self
+                .blocking(move |s| {
+                    let entries = s.tail(&mut last, count, first_shard)?;
+                    Ok((entries, last))
+                })
+                .await?;
+            last = moved;
+            if !entries.is_empty() || block.is_zero() || count == 0 {
+                let cursor = TailCursor {
+                    last: last.iter().map(|id| id.map(|id| id.to_string())).collect(),
+                };
+                return Ok((entries, cursor));
+            }
+            if tokio::time::timeout_at(deadline, appended).await.is_err() {
+                let cursor = TailCursor {
+                    last: last.iter().map(|id| id.map(|id| id.to_string())).collect(),
+                };
+                return Ok((Vec::new(), cursor));
+            }
+        }
+    }
+
+    async fn read_range(
+        &self,
+        shard: u32,
+        start: RangeStart<'_>,
+        through: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, LogError> {
+        if shard >= self.config.shards {
+            return Err(LogError::Other(format!(
+                "shard {shard} out of range (the log has {} shards)",
+                self.config.shards
+            )));
+        }
+        let from = match start {
+            RangeStart::After(id) => parse_id(id)?.successor(),
+            RangeStart::AppendedSinceMs(ms) => Id { ms, seq: 0 },
+        };
+        let through = parse_id(through)?;
+        self.blocking(move |s| s.read_range(shard, from, through, count, 0))
+            .await
+    }
+
     async fn ping(&self) -> Result<(), LogError> {
         match &self.queue {
             Some(q) if !q.is_closed() => Ok(()),
@@ -327,4 +394,8 @@ impl EventLog for EmbeddedLog {
             )),
         }
     }
+}
+
+fn parse_id(id: &str) -> Result<Id, LogError> {
+    Id::parse(id).ok_or_else(|| LogError::Other(format!("not an entry id (ms-seq): `{id}`")))
 }

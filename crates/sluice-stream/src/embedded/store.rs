@@ -106,7 +106,8 @@ pub(crate) struct Store {
     pub total_appended: AtomicU64,
     total_trimmed: AtomicU64,
     state: Mutex<State>,
-    /// Serialises trims (which work outside the state lock).
+    /// Serialises trims (which delete outside the state lock) with each other and with group
+    /// creation. Taken before `state`, never while holding it.
     trim_lock: Mutex<()>,
     required: Vec<Required>,
     /// Signalled by the writer after every batch, to wake blocked `read_new` calls.
@@ -417,6 +418,8 @@ impl Store {
 
     pub(crate) fn ensure_group(&self, group: &str, start: StartFrom) -> Result<(), LogError> {
         check_name("group", group)?;
+        // A group starting at the beginning starts at the trim point: no trim may be under way.
+        let _no_trim = lock(&self.trim_lock);
         let mut st = lock(&self.state);
         if st.groups.contains_key(group) {
             return Ok(());
@@ -769,6 +772,68 @@ impl Store {
             }
         }
         Ok(removed_total)
+    }
+
+    /// Entries of one shard in `from..=through`, at most `count`, without any group.
+    pub(crate) fn read_range(
+        &self,
+        shard: u32,
+        from: Id,
+        through: Id,
+        count: usize,
+        deliveries: u64,
+    ) -> Result<Vec<Entry>, LogError> {
+        if from > through || count == 0 {
+            return Ok(Vec::new());
+        }
+        let below = lock(&self.state).tails[shard as usize].below;
+        let range = keys::event_key(shard, from.max(below))..=keys::event_key(shard, through);
+        let mut out = Vec::new();
+        for guard in self.events.range(range).take(count) {
+            let (k, v) = guard.into_inner().map_err(|e| self.err(&e))?;
+            let (_, id) =
+                keys::parse_event_key(&k).ok_or_else(|| corrupt(&self.dir, "event key"))?;
+            out.push(Entry {
+                shard,
+                id: id.to_string(),
+                payload: Bytes::copy_from_slice(&v),
+                deliveries,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Group-less tail: resolve unknown positions to the shards' heads, then read at most
+    /// `count` entries after `last` (shards visited from `first_shard`), moving `last` along.
+    pub(crate) fn tail(
+        &self,
+        last: &mut [Option<Id>],
+        count: usize,
+        first_shard: u32,
+    ) -> Result<Vec<Entry>, LogError> {
+        let heads = self.heads();
+        for (pos, head) in last.iter_mut().zip(&heads) {
+            pos.get_or_insert(head.last);
+        }
+        let mut out = Vec::new();
+        for i in 0..self.shards {
+            if out.len() >= count {
+                break;
+            }
+            let shard = (first_shard + i) % self.shards;
+            let s = shard as usize;
+            let from = last[s].unwrap_or(heads[s].last);
+            if from >= heads[s].last {
+                continue;
+            }
+            let got =
+                self.read_range(shard, from.successor(), heads[s].last, count - out.len(), 1)?;
+            if let Some(e) = got.last() {
+                last[s] = Id::parse(&e.id).or(last[s]);
+            }
+            out.extend(got);
+        }
+        Ok(out)
     }
 
     pub(crate) fn lag(&self) -> Vec<GroupLag> {

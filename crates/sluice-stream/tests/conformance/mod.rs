@@ -27,6 +27,8 @@ macro_rules! conformance_cases {
             dead_letter_moves_and_acks,
             trim_respects_every_group,
             lag_reports_undelivered_and_pending,
+            tail_reads_new_entries_without_a_group,
+            read_range_pages_one_shard_without_a_group,
         );
     };
     (@each $f:ident => $fixture:expr, $log:expr; $($case:ident),* $(,)?) => {$(
@@ -652,7 +654,9 @@ pub async fn read_range_pages_one_shard_without_a_group(log: &dyn EventLog) {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64;
-    let recs: Vec<Record> = (0..25).map(|i| record(0, format!(r#"{{"n":{i}}}"#))).collect();
+    let recs: Vec<Record> = (0..25)
+        .map(|i| record(0, format!(r#"{{"n":{i}}}"#)))
+        .collect();
     log.append(recs).await.expect("append");
     log.append(vec![record(1, r#"{"other":1}"#)])
         .await
@@ -673,7 +677,11 @@ pub async fn read_range_pages_one_shard_without_a_group(log: &dyn EventLog) {
         .await
         .expect("range");
     loop {
-        assert!(page.len() <= 7, "read_range returned {} for count 7", page.len());
+        assert!(
+            page.len() <= 7,
+            "read_range returned {} for count 7",
+            page.len()
+        );
         let done = page.len() < 7;
         got.extend(page);
         if done {
@@ -694,7 +702,11 @@ pub async fn read_range_pages_one_shard_without_a_group(log: &dyn EventLog) {
                 .expect("n")
         })
         .collect();
-    assert_eq!(ns, (0..20).collect::<Vec<i64>>(), "in order, through inclusive");
+    assert_eq!(
+        ns,
+        (0..20).collect::<Vec<i64>>(),
+        "in order, through inclusive"
+    );
 
     // A start after every entry: nothing.
     let future = before_ms + 3_600_000;
