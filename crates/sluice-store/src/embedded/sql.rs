@@ -161,7 +161,8 @@ pub(crate) const USER_EVENTS_BY_USER_ID: &str = concat!(
 pub(crate) const USER_EVENTS_BY_ANONYMOUS_ID: &str = concat!(
     "SELECT ",
     event_columns!(),
-    " FROM events WHERE source = ?1 AND anonymous_id = ?2 ORDER BY ts DESC, event_id DESC LIMIT ?3"
+    " FROM events WHERE source = ?1 AND anonymous_id = ?2 \
+     ORDER BY ts DESC, event_id DESC LIMIT ?3"
 );
 
 pub(crate) const EVENT_ID_STORED: &str =
