@@ -300,3 +300,52 @@ async fn from_url_connects_with_query_parameters() {
     assert_eq!(log.stream_key(2), format!("{prefix}:events:2"));
     log.ping().await.expect("ping");
 }
+
+/// `trim_keep`: processed entries younger than it stay (the fraud processor re-reads them at
+/// start). `trim_max_lag`: a group lagging more than it stops holding trimming back, and that is
+/// counted, not silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_keeps_recent_entries_and_goes_past_groups_lagging_too_long() {
+    let f = Fixture::new(|c| c.trim_keep = Duration::from_secs(3600)).await;
+    let log = f.log();
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("group");
+    log.append(conformance::records(log, "keep", 20))
+        .await
+        .expect("append");
+    let got = conformance::drain(log, "g", "c", 100).await;
+    log.ack("g", &got).await.expect("ack");
+    assert_eq!(log.trim().await.expect("trim"), 0, "younger than trim_keep");
+    assert_eq!(log.len().await.expect("len"), 20);
+
+    let f = Fixture::new(|c| {
+        c.shards = 1;
+        c.trim_max_lag = Some(Duration::from_millis(1_000));
+    })
+    .await;
+    let log = f.log();
+    for g in ["slow", "fast"] {
+        log.ensure_group(g, StartFrom::Beginning)
+            .await
+            .expect("group");
+    }
+    log.append(conformance::records(log, "old", 10))
+        .await
+        .expect("append");
+    let got = conformance::drain(log, "fast", "c", 100).await;
+    log.ack("fast", &got).await.expect("ack");
+    assert_eq!(log.trim().await.expect("trim"), 0, "slow is behind, not yet too long");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    log.append(conformance::records(log, "new", 5))
+        .await
+        .expect("append");
+    let got = conformance::drain(log, "fast", "c", 100).await;
+    log.ack("fast", &got).await.expect("ack");
+    assert_eq!(log.trim().await.expect("trim"), 10, "older than trim_max_lag");
+    assert_eq!(log.len().await.expect("len"), 5);
+    assert!(log.stats().trim_lagging_skips >= 1);
+    // The lagging group goes on with what is left.
+    let rest = conformance::drain(log, "slow", "s", 100).await;
+    assert_eq!(rest.len(), 5);
+}

@@ -36,6 +36,15 @@ pub struct RedisLogConfig {
     pub backpressure_poll: Duration,
     /// Approximate cap of the dead-letter stream (`XADD … MAXLEN ~`); 0 keeps everything.
     pub dead_letter_max_len: u64,
+    /// `trim` keeps entries appended this long before the position of the slowest group, even
+    /// though every group has processed them: the fraud processor re-reads them to rebuild its
+    /// windows after a restart. Zero trims right below the slowest group.
+    pub trim_keep: Duration,
+    /// A group whose position is older than this (by append time) while it still has entries to
+    /// process no longer holds trimming back: `trim` removes what is older than this for it too,
+    /// logs a warning and counts it (`RedisLogStats::trim_lagging_skips`). `None` waits for every
+    /// group forever.
+    pub trim_max_lag: Option<Duration>,
 }
 
 impl Default for RedisLogConfig {
@@ -53,6 +62,8 @@ impl Default for RedisLogConfig {
             required_groups: vec!["warehouse".to_owned()],
             backpressure_poll: Duration::from_millis(250),
             dead_letter_max_len: 100_000,
+            trim_keep: Duration::ZERO,
+            trim_max_lag: None,
         }
     }
 }
@@ -70,7 +81,8 @@ impl RedisLogConfig {
     /// Parse `redis://host:port/db?key=value&…`. Known keys: `prefix`, `shards`, `writers`,
     /// `max_pipeline`, `queue_capacity`, `append_timeout_ms`, `command_timeout_ms`,
     /// `high_water_mark`, `required_groups` (comma-separated), `backpressure_poll_ms`,
-    /// `dead_letter_max_len`. Unknown keys are errors, so a typo never goes unnoticed.
+    /// `dead_letter_max_len`, `trim_keep_s`, `trim_max_lag_s`. Unknown keys are errors, so a typo
+    /// never goes unnoticed.
     pub fn from_url(url: &str) -> Result<Self, LogError> {
         let (base, query) = match url.split_once('?') {
             Some((base, query)) => (base, query),
@@ -125,6 +137,10 @@ impl RedisLogConfig {
                     config.backpressure_poll = Duration::from_millis(number("milliseconds")?);
                 }
                 "dead_letter_max_len" => config.dead_letter_max_len = number("an entry count")?,
+                "trim_keep_s" => config.trim_keep = Duration::from_secs(number("seconds")?),
+                "trim_max_lag_s" => {
+                    config.trim_max_lag = Some(Duration::from_secs(number("seconds")?));
+                }
                 _ => {
                     return Err(LogError::Other(format!(
                         "unknown redis URL parameter `{key}`"

@@ -62,6 +62,8 @@ pub struct RedisLogStats {
     pub records_sent: u64,
     /// Backlog of the slowest required group, as last polled.
     pub backlog: u64,
+    /// Times `trim` went past a group lagging more than `trim_max_lag` (per group and shard).
+    pub trim_lagging_skips: u64,
 }
 
 /// The Redis Streams event log. Dropping it stops its background tasks (the writers finish the
@@ -76,6 +78,7 @@ pub struct RedisLog {
     backlog: Arc<AtomicU64>,
     stats: Arc<WriterStats>,
     rotation: AtomicUsize,
+    trim_lagging_skips: AtomicU64,
     sweep: redis::Script,
     poller: JoinHandle<()>,
 }
@@ -148,6 +151,7 @@ impl RedisLog {
             backlog,
             stats,
             rotation: AtomicUsize::new(0),
+            trim_lagging_skips: AtomicU64::new(0),
             sweep: redis::Script::new(SWEEP_SCRIPT),
             poller,
             config,
@@ -179,6 +183,7 @@ impl RedisLog {
             pipelines_sent: self.stats.pipelines_sent.load(Ordering::Relaxed),
             records_sent: self.stats.records_sent.load(Ordering::Relaxed),
             backlog: self.backlog.load(Ordering::Relaxed),
+            trim_lagging_skips: self.trim_lagging_skips.load(Ordering::Relaxed),
         }
     }
 
@@ -704,34 +709,63 @@ impl EventLog for RedisLog {
 
         // Per shard: below what every group has processed. A group has processed everything
         // before its smallest pending id, or, with nothing pending, up to its last-delivered id.
+        // A group lagging more than `trim_max_lag` counts as if it were at that age; then
+        // `trim_keep` of processed entries stays.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| millis(d));
+        let lag_floor = self
+            .config
+            .trim_max_lag
+            .map(|lag| now_ms.saturating_sub(millis(lag)));
+        let keep_ms = millis(self.config.trim_keep);
         let mut pipe = redis::pipe();
         let mut trims = 0;
         for (shard, state) in states.iter().enumerate() {
-            let mut min: Option<((u64, u64), &str)> = None;
+            let mut min: Option<(u64, u64)> = None;
             for g in &state.groups {
                 let id = smallest_pending
                     .get(&(shard, g.name.as_str()))
                     .map_or(g.last_delivered.as_str(), String::as_str);
-                let Some(parsed) = reply::parse_id(id) else {
+                let Some(mut parsed) = reply::parse_id(id) else {
                     // Unreadable position: do not guess, keep this shard.
-                    min = Some(((0, 0), "0-0"));
+                    min = Some((0, 0));
                     break;
                 };
-                if min.is_none_or(|(m, _)| parsed < m) {
-                    min = Some((parsed, id));
+                let has_work = g.pending > 0 || g.lag != Some(0);
+                if let Some(floor) = lag_floor {
+                    if has_work && parsed.0 < floor {
+                        tracing::warn!(
+                            group = %g.name,
+                            shard,
+                            position = id,
+                            max_lag_secs = self.config.trim_max_lag.map_or(0, |d| d.as_secs()),
+                            "consumer group lags more than the trim retention; trimming past it (it skips what is removed)"
+                        );
+                        self.trim_lagging_skips.fetch_add(1, Ordering::Relaxed);
+                        parsed = (floor, 0);
+                    }
+                }
+                if min.is_none_or(|m| parsed < m) {
+                    min = Some(parsed);
                 }
             }
-            match min {
-                Some((parsed, id)) if parsed > (0, 0) => {
-                    pipe.cmd("XTRIM")
-                        .arg(&self.keys[shard])
-                        .arg("MINID")
-                        .arg(id);
-                    trims += 1;
-                }
-                // No group at all, or a group that has processed nothing: trim nothing.
-                _ => {}
-            }
+            // No group at all, or a group that has processed nothing: trim nothing.
+            let Some(min) = min.filter(|m| *m > (0, 0)) else {
+                continue;
+            };
+            let minid = if keep_ms == 0 {
+                format!("{}-{}", min.0, min.1)
+            } else if min.0 > keep_ms {
+                format!("{}-0", min.0 - keep_ms)
+            } else {
+                continue;
+            };
+            pipe.cmd("XTRIM")
+                .arg(&self.keys[shard])
+                .arg("MINID")
+                .arg(minid);
+            trims += 1;
         }
         if trims == 0 {
             return Ok(0);
