@@ -335,14 +335,22 @@ async fn trim_keeps_recent_entries_and_goes_past_groups_lagging_too_long() {
         .expect("append");
     let got = conformance::drain(log, "fast", "c", 100).await;
     log.ack("fast", &got).await.expect("ack");
-    assert_eq!(log.trim().await.expect("trim"), 0, "slow is behind, not yet too long");
+    assert_eq!(
+        log.trim().await.expect("trim"),
+        0,
+        "slow is behind, not yet too long"
+    );
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     log.append(conformance::records(log, "new", 5))
         .await
         .expect("append");
     let got = conformance::drain(log, "fast", "c", 100).await;
     log.ack("fast", &got).await.expect("ack");
-    assert_eq!(log.trim().await.expect("trim"), 10, "older than trim_max_lag");
+    assert_eq!(
+        log.trim().await.expect("trim"),
+        10,
+        "older than trim_max_lag"
+    );
     assert_eq!(log.len().await.expect("len"), 5);
     assert!(log.stats().trim_lagging_skips >= 1);
     // The lagging group goes on with what is left.
