@@ -319,9 +319,6 @@ fn lock_data_dir(layout: &Layout) -> Result<File, StoreError> {
                 io_hint(&e)
             ))
         })?;
-    // `File::try_lock` is stable since Rust 1.89; the toolchain is newer than the workspace's
-    // declared rust-version.
-    #[allow(clippy::incompatible_msrv)]
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
