@@ -37,7 +37,21 @@ pub struct LogArgs {
     /// Bound on an append; past it the API answers 503.
     #[arg(long, env = "SLUICE_APPEND_TIMEOUT_MS")]
     pub append_timeout_ms: Option<u64>,
+    /// Trimming keeps entries appended this long below the slowest consumer group (the fraud
+    /// worker re-reads them at start to rebuild its windows). Redis; default 5m.
+    #[arg(long, env = "SLUICE_TRIM_KEEP", value_parser = crate::commands::bench::parse_duration)]
+    pub trim_keep: Option<Duration>,
+    /// A consumer group lagging more than this no longer holds trimming back: what it has not
+    /// processed past it is trimmed (a warning and a counter say so). Redis; default 6h; 0 waits
+    /// for every group forever.
+    #[arg(long, env = "SLUICE_TRIM_MAX_LAG", value_parser = crate::commands::bench::parse_duration)]
+    pub trim_max_lag: Option<Duration>,
 }
+
+/// `--trim-keep` when neither the flag nor the URL sets it.
+const DEFAULT_TRIM_KEEP: Duration = Duration::from_secs(300);
+/// `--trim-max-lag` when neither the flag nor the URL sets it.
+const DEFAULT_TRIM_MAX_LAG: Duration = Duration::from_secs(6 * 3600);
 
 /// Warehouse settings shared by every role.
 #[derive(Debug, Clone, clap::Args)]
@@ -116,6 +130,18 @@ pub async fn open_log(
             if let Some(ms) = args.append_timeout_ms {
                 config.append_timeout = Duration::from_millis(ms);
             }
+            match args.trim_keep {
+                Some(keep) => config.trim_keep = keep,
+                None if config.trim_keep.is_zero() => config.trim_keep = DEFAULT_TRIM_KEEP,
+                None => {}
+            }
+            match args.trim_max_lag {
+                Some(lag) => config.trim_max_lag = (!lag.is_zero()).then_some(lag),
+                None if config.trim_max_lag.is_none() => {
+                    config.trim_max_lag = Some(DEFAULT_TRIM_MAX_LAG);
+                }
+                None => {}
+            }
             config.required_groups = required;
             let log = RedisLog::connect(config)
                 .await
@@ -177,6 +203,12 @@ impl Store {
 
 /// Open the warehouse named by `--store` (or the default) and apply its migrations.
 pub async fn open_store(args: &StoreUrlArgs) -> anyhow::Result<Store> {
+    open_store_with(args, true).await
+}
+
+/// Like [`open_store`]; `exclusive: false` opens an embedded warehouse beside a running
+/// `sluice serve` (for key management).
+pub async fn open_store_with(args: &StoreUrlArgs, exclusive: bool) -> anyhow::Result<Store> {
     let url = args.url();
     let dedupe_window = Duration::from_secs(args.dedupe_window_hours * 3600);
     match scheme(url) {
@@ -204,6 +236,7 @@ pub async fn open_store(args: &StoreUrlArgs) -> anyhow::Result<Store> {
             let opts = SqliteOptions {
                 retention_days: args.retention_days,
                 dedupe_window,
+                exclusive,
                 ..SqliteOptions::default()
             };
             let sqlite = SqliteWarehouse::from_url(url, opts)

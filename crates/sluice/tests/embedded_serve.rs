@@ -266,3 +266,61 @@ async fn kill_9_while_sending_loses_and_duplicates_nothing() {
         "acked events missing from the warehouse, e.g. {missing:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_managed_beside_a_running_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = Serve::start(dir.path());
+    let keys = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("keys")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("run sluice keys");
+        assert!(
+            out.status.success(),
+            "sluice keys {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let created = keys(&["create", "--source", "mobile", "--kind", "write"]);
+    let key = created.lines().last().expect("key line").trim().to_string();
+    assert!(key.starts_with("sk_w_"), "{created}");
+    assert!(keys(&["list"]).contains("mobile"));
+    let http = reqwest::Client::new();
+    let post = |key: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/track", serve.base);
+        async move {
+            http.post(url)
+                .basic_auth(key, Some(""))
+                .json(&json!({"userId": "u", "event": "e"}))
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        }
+    };
+    // The API picks new keys up within its 5 s refresh.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while post(key.clone()).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the new key was not accepted within 12 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    keys(&["revoke", &key]);
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while post(key.clone()).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the revoked key still works after 12 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

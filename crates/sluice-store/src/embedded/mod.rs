@@ -81,6 +81,10 @@ pub struct SqliteOptions {
     /// Refuse to grow the database file beyond about this many bytes (commits then fail with a
     /// retryable "disk full" error). `None`: as large as the disk allows.
     pub max_size_bytes: Option<u64>,
+    /// Hold the data directory's lock so no other sluice process serves from it (default). Tools
+    /// that only manage keys beside a running `sluice serve` open it shared: SQLite's own
+    /// locking keeps their writes safe.
+    pub exclusive: bool,
 }
 
 impl Default for SqliteOptions {
@@ -92,6 +96,7 @@ impl Default for SqliteOptions {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             max_size_bytes: None,
+            exclusive: true,
         }
     }
 }
@@ -110,7 +115,7 @@ struct Inner {
     reader_permits: Semaphore,
     db_path: PathBuf,
     opts: SqliteOptions,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for SqliteWarehouse {
@@ -284,7 +289,11 @@ fn io_hint(e: &std::io::Error) -> &'static str {
 
 fn open_blocking(path: &Path, opts: SqliteOptions) -> Result<SqliteWarehouse, StoreError> {
     let layout = layout(path)?;
-    let lock = lock_data_dir(&layout)?;
+    let lock = if opts.exclusive {
+        Some(lock_data_dir(&layout)?)
+    } else {
+        None
+    };
     let mut writer = open_connection(&layout.db, &opts, Role::Writer)?;
     migrate::migrate(&mut writer)?;
     let reader = open_connection(&layout.db, &opts, Role::Reader)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sluice_core::keys::KeyKind;
 use sluice_core::warehouse::Warehouse;
 
-use crate::backends::{open_store, StoreUrlArgs};
+use crate::backends::{open_store, open_store_with, StoreUrlArgs};
 
 #[derive(Debug, Args)]
 pub struct StoreArgs {
@@ -47,9 +47,11 @@ fn parse_kind(s: &str) -> Result<KeyKind, String> {
 }
 
 /// Keys live in the warehouse: the embedded one in `--data-dir` unless `--store` names another.
+/// It is opened shared, so keys can be managed while `sluice serve` runs on the same directory
+/// (the API picks changes up within 10 s).
 async fn open_keys_store(mut store: StoreUrlArgs) -> anyhow::Result<Arc<dyn Warehouse>> {
     store.default_to_embedded(None);
-    Ok(open_store(&store).await?.into_warehouse())
+    Ok(open_store_with(&store, false).await?.into_warehouse())
 }
 
 pub async fn migrate(args: StoreArgs) -> anyhow::Result<()> {
