@@ -3,6 +3,7 @@
 //! answered only after the log acknowledged the append.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -13,13 +14,14 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_core::keys::KeyKind;
 use sluice_core::log::Record;
+use sluice_core::metrics::OUTCOME_REJECTED;
 use sluice_core::parse::{self, Rejection, Shape};
 use sluice_core::{shard, EventKind};
 
 use crate::auth::{authorize, key_from_headers};
 use crate::body::{decode, media_type, read_capped, MediaType};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{metrics, AppState};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct KeyQuery {
@@ -61,6 +63,7 @@ async fn ingest(
     body: Body,
 ) -> Result<Response, ApiError> {
     let limits = &state.config.limits;
+    let route = metrics::ingest_route(shape);
     let media = media_type(&headers)?;
     let shape = match (shape, media) {
         (Shape::NativeArray, MediaType::Ndjson) => Shape::NativeNdjson,
@@ -93,6 +96,7 @@ async fn ingest(
         limits,
     };
     let outcome = parse::build_events(&parsed, &ctx);
+    metrics::record_ingest(route, OUTCOME_REJECTED, outcome.rejected.len());
     if outcome.accepted.is_empty() {
         return Err(ApiError::Invalid(outcome.problems()));
     }
@@ -106,7 +110,10 @@ async fn ingest(
         })
         .collect();
     let accepted = records.len();
-    state.log.append(records).await?;
+    let started = Instant::now();
+    let appended = state.log.append(records).await;
+    metrics::record_append(route, accepted, started, &appended);
+    appended?;
     Ok(Json(Accepted {
         success: true,
         accepted,

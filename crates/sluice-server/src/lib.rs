@@ -6,8 +6,11 @@
 
 pub mod auth;
 pub mod body;
+pub mod dashboard;
 pub mod error;
 pub mod ingest;
+pub mod live;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +44,8 @@ pub struct AppState {
     pub log: Arc<dyn EventLog>,
     pub keys: Arc<KeyCache>,
     pub config: Arc<ServerConfig>,
+    /// The live aggregator of this process (`/v1/live`, dashboard).
+    pub live: sluice_worker::LiveHub,
 }
 
 fn cors(config: &ServerConfig) -> CorsLayer {
@@ -78,6 +83,7 @@ async fn method_not_allowed() -> ApiError {
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config);
+    metrics::install();
     Router::new()
         .route("/v1/track", post(ingest::track))
         .route("/v1/identify", post(ingest::identify))
@@ -90,8 +96,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(ingest::native))
         .route("/track", post(ingest::legacy_track))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(live::routes())
+        .merge(metrics::routes())
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(cors)
         .with_state(state)
 }

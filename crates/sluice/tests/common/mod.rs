@@ -97,6 +97,7 @@ impl TestApp {
         let addr = listener.local_addr().expect("local addr");
         let state = AppState {
             log: log.clone(),
+            live: sluice_worker::LiveHub::spawn(log.clone(), sluice_worker::LiveConfig::default()),
             keys: keys.clone(),
             config: Arc::new(config),
         };
