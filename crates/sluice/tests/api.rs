@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Allowed distance between a time the server computed and the one the test expects.
 const TIME_TOLERANCE_MS: i64 = 2_000;
 
+#[track_caller]
 fn assert_close(actual: DateTime<Utc>, expected: DateTime<Utc>, what: &str) {
     let diff = (actual - expected).num_milliseconds().abs();
     assert!(
@@ -45,6 +46,7 @@ fn deflate(data: &[u8]) -> Vec<u8> {
     e.finish().expect("deflate finish")
 }
 
+#[track_caller]
 fn assert_ok(resp: &Resp, accepted: u64) {
     assert_eq!(resp.status, 200, "body: {}", resp.text);
     assert_eq!(resp.body["success"], true, "body: {}", resp.text);
@@ -1591,6 +1593,15 @@ async fn redis_down_answers_503_within_the_bound_then_recovers() {
                 other => panic!("unexpected {other}: {}", resp.text),
             }
         },
+    )
+    .await;
+    // The consumer side reconnects on its own too: its first command after the restart may fail
+    // with a retryable `Unavailable` (the dead connection is dropped, the next call reconnects).
+    await_condition(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        "the consumer side of the log to answer again",
+        || async { app.log.ping().await.ok() },
     )
     .await;
     // The restarted Redis kept nothing (no persistence); the event answered 200 after the

@@ -98,6 +98,7 @@ impl TestApp {
         let state = AppState {
             log: log.clone(),
             live: sluice_worker::LiveHub::spawn(log.clone(), sluice_worker::LiveConfig::default()),
+            store: store.clone(),
             keys: keys.clone(),
             config: Arc::new(config),
         };
@@ -273,6 +274,7 @@ impl Resp {
     }
 
     /// Panic unless this is an error answer in the API's JSON shape with `status` and `code`.
+    #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "status; body: {}", self.text);
         assert_eq!(
