@@ -8,6 +8,7 @@ pub mod event;
 pub mod keys;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod parse;
 pub mod shard;
 pub mod skew;

@@ -7,9 +7,13 @@
 //! - [`warehouse`]: the exactly-once warehouse processor.
 //! - [`fraud`]: the fraud/anomaly processor (sliding event-time windows, alerts committed
 //!   exactly once with the group's positions, windows rebuilt from the log at start).
+//! - [`live`]: the live aggregator (per-second counts for `/v1/live`), tailing the log without a
+//!   consumer group.
 
 pub mod fraud;
+pub mod live;
 pub mod runtime;
 pub mod warehouse;
 
+pub use live::{LiveConfig, LiveHub};
 pub use runtime::{ConsumerConfig, ProcessError, Processor, Worker, WorkerStats};
