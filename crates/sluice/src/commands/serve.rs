@@ -15,7 +15,7 @@ use sluice_core::warehouse::Warehouse;
 use sluice_worker::warehouse;
 
 use crate::backends::{open_log, open_store, LogArgs, StoreUrlArgs};
-use crate::commands::worker::{run_warehouse, ConsumerArgs};
+use crate::commands::worker::{fraud_consumer, run_fraud, run_warehouse, ConsumerArgs, FraudArgs};
 use crate::shutdown::{self, Shutdown};
 
 /// How often the API reloads keys: new and revoked keys take effect within this.
@@ -53,6 +53,11 @@ pub struct ServeArgs {
     pub api: ApiArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub fraud: FraudArgs,
+    /// Do not run the fraud worker in this process.
+    #[arg(long, env = "SLUICE_NO_FRAUD")]
+    pub no_fraud: bool,
 }
 
 impl ApiArgs {
@@ -202,11 +207,31 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         config,
         shutdown.clone(),
     ));
+    // The fraud worker: its own group and position, beside the warehouse worker.
+    // TODO(live): pass `Some(hook)` calling `LiveHub::push_alert` once serve has a live hub.
+    let fraud = if args.no_fraud {
+        None
+    } else {
+        Some(tokio::spawn(run_fraud(
+            log.clone(),
+            store.clone(),
+            fraud_consumer(&args.consumer)?,
+            args.fraud.config()?,
+            None,
+            shutdown.clone(),
+        )))
+    };
     let api = run_api(&args.api, log, store, shutdown, first).await;
     let worker = worker
         .await
         .map_err(|e| anyhow::anyhow!("warehouse worker panicked: {e}"))?;
-    api.and(worker)
+    let fraud = match fraud {
+        Some(task) => task
+            .await
+            .map_err(|e| anyhow::anyhow!("fraud worker panicked: {e}"))?,
+        None => Ok(()),
+    };
+    api.and(worker).and(fraud)
 }
 
 /// A URL without its password, for logs.

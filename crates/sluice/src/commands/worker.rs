@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use sluice_core::log::EventLog;
 use sluice_core::warehouse::Warehouse;
+use sluice_worker::fraud::{self, AlertHook, FraudConfig, FraudProcessor};
 use sluice_worker::warehouse::WarehouseProcessor;
 use sluice_worker::{ConsumerConfig, Worker};
 
@@ -21,6 +22,87 @@ const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
 pub enum ProcessorKind {
     /// Raw events and rollups into the warehouse, exactly once.
     Warehouse,
+    /// Fraud/anomaly rules over sliding windows; alerts into the warehouse, exactly once.
+    Fraud,
+}
+
+/// The fraud rules (see `docs/fraud.md`). A rule fires when the count in its window is above
+/// its threshold.
+#[derive(Debug, Clone, Args)]
+pub struct FraudArgs {
+    /// user_rate: events per user (user_id, else anonymous_id) above this within the window.
+    #[arg(long, env = "SLUICE_FRAUD_USER_RATE_THRESHOLD", default_value_t = 100)]
+    pub fraud_user_rate_threshold: u32,
+    #[arg(long, env = "SLUICE_FRAUD_USER_RATE_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub fraud_user_rate_window: Duration,
+    /// ip_many_users: distinct users per IP (context.ip) above this within the window.
+    #[arg(long, env = "SLUICE_FRAUD_IP_USERS_THRESHOLD", default_value_t = 20)]
+    pub fraud_ip_users_threshold: u32,
+    #[arg(long, env = "SLUICE_FRAUD_IP_USERS_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub fraud_ip_users_window: Duration,
+    /// Also watch loopback and private addresses (a proxy or a load generator by default).
+    #[arg(long, env = "SLUICE_FRAUD_IP_INCLUDE_PRIVATE")]
+    pub fraud_ip_include_private: bool,
+    /// name_burst: one event name from one user above this within the window.
+    #[arg(long, env = "SLUICE_FRAUD_NAME_BURST_THRESHOLD", default_value_t = 20)]
+    pub fraud_name_burst_threshold: u32,
+    #[arg(long, env = "SLUICE_FRAUD_NAME_BURST_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub fraud_name_burst_window: Duration,
+    /// Watch only these event names for name_burst (comma-separated; default all names).
+    #[arg(long, env = "SLUICE_FRAUD_NAME_BURST_NAMES", value_delimiter = ',')]
+    pub fraud_name_burst_names: Vec<String>,
+    /// clock_skew: client clock or event time more than this behind received_at.
+    #[arg(long, env = "SLUICE_FRAUD_SKEW_MAX_PAST", default_value = "24h", value_parser = parse_duration)]
+    pub fraud_skew_max_past: Duration,
+    /// clock_skew: client clock or event time more than this ahead of received_at.
+    #[arg(long, env = "SLUICE_FRAUD_SKEW_MAX_FUTURE", default_value = "10m", value_parser = parse_duration)]
+    pub fraud_skew_max_future: Duration,
+    /// clock_skew: one alert per subject per this much server time.
+    #[arg(long, env = "SLUICE_FRAUD_SKEW_COOLDOWN", default_value = "1h", value_parser = parse_duration)]
+    pub fraud_skew_cooldown: Duration,
+    /// Rules to turn off (comma-separated: user_rate, ip_many_users, name_burst, clock_skew).
+    #[arg(long, env = "SLUICE_FRAUD_DISABLE", value_delimiter = ',')]
+    pub fraud_disable: Vec<String>,
+    /// Most subjects (users, IPs, user+name pairs) kept in memory; the least recently seen are
+    /// evicted past it.
+    #[arg(long, env = "SLUICE_FRAUD_MAX_SUBJECTS", default_value_t = 1_000_000)]
+    pub fraud_max_subjects: usize,
+}
+
+impl FraudArgs {
+    pub fn config(&self) -> anyhow::Result<FraudConfig> {
+        let mut c = FraudConfig::default();
+        c.user_rate.threshold = self.fraud_user_rate_threshold;
+        c.user_rate.window_secs = self.fraud_user_rate_window.as_secs();
+        c.ip_many_users.threshold = self.fraud_ip_users_threshold;
+        c.ip_many_users.window_secs = self.fraud_ip_users_window.as_secs();
+        c.ip_many_users.include_private = self.fraud_ip_include_private;
+        c.name_burst.threshold = self.fraud_name_burst_threshold;
+        c.name_burst.window_secs = self.fraud_name_burst_window.as_secs();
+        c.name_burst.names = self
+            .fraud_name_burst_names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
+        c.clock_skew.max_past_secs = self.fraud_skew_max_past.as_secs();
+        c.clock_skew.max_future_secs = self.fraud_skew_max_future.as_secs();
+        c.clock_skew.cooldown_secs = self.fraud_skew_cooldown.as_secs();
+        c.max_subjects = self.fraud_max_subjects;
+        for rule in self.fraud_disable.iter().filter(|r| !r.is_empty()) {
+            match rule.as_str() {
+                "user_rate" => c.user_rate.enabled = false,
+                "ip_many_users" => c.ip_many_users.enabled = false,
+                "name_burst" => c.name_burst.enabled = false,
+                "clock_skew" => c.clock_skew.enabled = false,
+                other => anyhow::bail!(
+                    "--fraud-disable: unknown rule {other:?} (user_rate, ip_many_users, name_burst, clock_skew)"
+                ),
+            }
+        }
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -79,6 +161,8 @@ pub struct WorkerArgs {
     pub store: StoreUrlArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub fraud: FraudArgs,
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -89,7 +173,55 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         ProcessorKind::Warehouse => {
             run_warehouse(log, store, args.consumer.config()?, shutdown).await
         }
+        ProcessorKind::Fraud => {
+            let config = fraud_consumer(&args.consumer)?;
+            run_fraud(log, store, config, args.fraud.config()?, None, shutdown).await
+        }
     }
+}
+
+/// The fraud worker's consumer settings: a stable default name (`fraud-HOST`, so a restart
+/// resumes its own pending entries), batches committed one at a time (its windows depend on the
+/// order).
+pub fn fraud_consumer(args: &ConsumerArgs) -> anyhow::Result<ConsumerConfig> {
+    let mut config = args.config()?;
+    if args.consumer.is_none() {
+        config.consumer = format!("fraud-{}", gethostname::gethostname().to_string_lossy());
+    }
+    config.commit_concurrency = 1;
+    Ok(config)
+}
+
+/// The fraud worker until shutdown. `on_alert` receives every committed alert (the live hub).
+pub async fn run_fraud(
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Warehouse>,
+    config: ConsumerConfig,
+    rules: FraudConfig,
+    on_alert: Option<AlertHook>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    // One fraud consumer per log: entries another (renamed or dead) consumer left pending are
+    // taken over first, so they are processed before newer ones.
+    let taken = match log.ensure_group(fraud::GROUP, config.start_from).await {
+        Ok(()) => fraud::take_over_pending(log.as_ref(), &config.consumer).await,
+        Err(e) => Err(e),
+    };
+    match taken {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            count = n,
+            "took over pending fraud entries of other consumers"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not take over pending fraud entries"),
+    }
+    let mut processor = FraudProcessor::new(store, log.clone(), rules);
+    if let Some(hook) = on_alert {
+        processor = processor.with_alert_hook(hook);
+    }
+    let worker = Worker::new(log, Arc::new(processor), config);
+    worker.run(shutdown.wait()).await?;
+    Ok(())
 }
 
 /// The warehouse worker plus its housekeeping, until shutdown.
