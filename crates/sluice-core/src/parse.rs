@@ -201,10 +201,9 @@ pub fn parse_body<'a>(
             out.items = parsed.batch.into_iter().map(RawValue::get).collect();
         }
         Shape::SegmentSingle(_) | Shape::Legacy => {
-            // Validate it is one JSON value; the item is the whole body.
-            let raw: &'a RawValue =
-                serde_json::from_str(text).map_err(|e| vec![json_error("", &e)])?;
-            out.items.push(raw.get());
+            // The item is the whole body; it is parsed (and any JSON error reported) once, when
+            // the event is built.
+            out.items.push(text.trim());
         }
         Shape::NativeArray => {
             let items: Vec<&'a RawValue> = serde_json::from_str(text).map_err(|e| {
