@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sluice_core::log::{Entry, EventLog, LogError, StartFrom};
+use sluice_core::metrics as names;
 use sluice_core::warehouse::ShardPosition;
 use sluice_core::Event;
 use tokio::sync::{mpsc, watch};
@@ -339,10 +340,16 @@ impl<P: Processor> Worker<P> {
                     self.stats
                         .events
                         .fetch_add((hi - lo) as u64, Ordering::Relaxed);
+                    metrics::histogram!(names::WORKER_COMMIT_SECONDS, "group" => group.to_owned())
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!(names::WORKER_EVENTS_TOTAL, "group" => group.to_owned())
+                        .increment((hi - lo) as u64);
                     backoff.reset();
                 }
                 Err(ProcessError::Retryable(reason)) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(names::WORKER_RETRIES_TOTAL, "group" => group.to_owned())
+                        .increment(1);
                     tracing::warn!(%group, %reason, "commit failed; retrying the batch");
                     todo.push((lo, hi));
                     if backoff.wait(stop).await {
@@ -368,6 +375,8 @@ impl<P: Processor> Worker<P> {
         self.stats
             .last_batch_size
             .store(batch.entries.len() as u64, Ordering::Relaxed);
+        metrics::histogram!(names::WORKER_BATCH_SIZE, "group" => group.to_owned())
+            .record(batch.entries.len() as f64);
         if !dead.is_empty() {
             let n = dead.len() as u64;
             loop {
@@ -382,6 +391,7 @@ impl<P: Processor> Worker<P> {
                 }
             }
             self.stats.dead_letters.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!(names::DEAD_LETTERS_TOTAL, "group" => group.to_owned()).increment(n);
         }
         loop {
             match self.log.ack(group, &batch.entries).await {
@@ -453,6 +463,7 @@ async fn decode_batch(
             }
         }
         stats.dead_letters.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(names::DEAD_LETTERS_TOTAL, "group" => group.to_owned()).increment(n);
     }
     Some(batch)
 }

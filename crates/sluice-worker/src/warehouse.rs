@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sluice_core::metrics as names;
 use sluice_core::warehouse::{ShardPosition, Warehouse};
 use sluice_core::Event;
 
@@ -51,6 +52,8 @@ impl Processor for WarehouseProcessor {
         stats
             .duplicates
             .fetch_add(outcome.duplicates, Ordering::Relaxed);
+        metrics::counter!(names::WORKER_DEDUPE_HITS_TOTAL, "group" => GROUP)
+            .increment(outcome.duplicates);
         Ok(())
     }
 }
