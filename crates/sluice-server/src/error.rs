@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Serialize;
 use sluice_core::log::LogError;
 use sluice_core::parse::Problem;
+use sluice_core::warehouse::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -25,12 +26,17 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{message}")]
     Unavailable {
         message: String,
         retry_after: Duration,
     },
+    /// A bug or a misconfiguration behind the API (not retryable); details are logged.
+    #[error("{0}")]
+    Internal(String),
 }
 
 #[derive(Serialize)]
@@ -51,8 +57,10 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -64,8 +72,10 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(_) => "internal_error",
         }
     }
 
@@ -94,6 +104,23 @@ impl From<LogError> for ApiError {
                 message: format!("event log error: {m}"),
                 retry_after: Duration::from_secs(5),
             },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unavailable(m) => ApiError::Unavailable {
+                message: format!("warehouse unavailable: {m}"),
+                retry_after: Duration::from_secs(1),
+            },
+            StoreError::Invalid(m) => ApiError::invalid("", m),
+            StoreError::NotFound(m) => ApiError::Invalid(vec![Problem::new("", m)]),
+            StoreError::Other(m) => {
+                tracing::error!(error = %m, "warehouse error");
+                ApiError::Internal("warehouse error".into())
+            }
         }
     }
 }

@@ -17,10 +17,14 @@ use sluice_core::log::Record;
 use sluice_core::metrics::OUTCOME_REJECTED;
 use sluice_core::parse::{self, Rejection, Shape};
 use sluice_core::{shard, EventKind};
+use utoipa::ToSchema;
 
 use crate::auth::{authorize, key_from_headers};
 use crate::body::{decode, media_type, read_capped, MediaType};
 use crate::error::ApiError;
+use crate::schema::{
+    CanonicalEvent, ErrorResponse, LegacyTrack, RejectionSchema, SegmentBatch, SegmentMessage,
+};
 use crate::{metrics, AppState};
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,11 +33,16 @@ pub struct KeyQuery {
     write_key: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Accepted {
+/// Ingest answer, sent only after the events are durably in the event log.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
     success: bool,
+    /// Events accepted.
     accepted: usize,
+    /// Items rejected, by index (the valid ones of the same request were accepted); absent when
+    /// none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Option<Vec<RejectionSchema>>)]
     rejected: Vec<Rejection>,
 }
 
@@ -81,7 +90,7 @@ async fn ingest(
         Some(k) => Some(authorize(&state.keys, Some(k), KeyKind::Write)?),
         None => None,
     };
-    let raw = read_capped(body, limits.max_body_bytes).await?;
+    let raw = read_capped(body, limits.max_body_bytes, state.config.body_timeout).await?;
     let decoded = decode(&headers, raw, limits.max_body_bytes)?;
     let parsed = parse::parse_body(shape, &decoded, limits).map_err(ApiError::Invalid)?;
     let principal = match early {
@@ -123,7 +132,24 @@ async fn ingest(
 }
 
 macro_rules! segment_route {
-    ($name:ident, $kind:expr) => {
+    ($name:ident, $kind:expr, $path:tt, $summary:tt) => {
+        #[doc = $summary]
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "ingest",
+            request_body(content = SegmentMessage, description = "One Segment message (JSON; gzip, zstd or deflate with Content-Encoding)"),
+            security(("basic" = []), ("bearer" = [])),
+            responses(
+                (status = 200, description = "Durably appended to the event log", body = Accepted),
+                (status = 400, description = "Invalid message", body = ErrorResponse),
+                (status = 401, description = "No, unknown or revoked write key", body = ErrorResponse),
+                (status = 403, description = "Not a write key", body = ErrorResponse),
+                (status = 413, description = "Body too large (also after decompression)", body = ErrorResponse),
+                (status = 415, description = "Unsupported Content-Type or Content-Encoding", body = ErrorResponse),
+                (status = 503, description = "Event log unavailable or backlogged (Retry-After)", body = ErrorResponse),
+            )
+        )]
         pub async fn $name(
             State(state): State<AppState>,
             ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -143,13 +169,61 @@ macro_rules! segment_route {
     };
 }
 
-segment_route!(track, EventKind::Track);
-segment_route!(identify, EventKind::Identify);
-segment_route!(page, EventKind::Page);
-segment_route!(screen, EventKind::Screen);
-segment_route!(group, EventKind::Group);
-segment_route!(alias, EventKind::Alias);
+segment_route!(
+    track,
+    EventKind::Track,
+    "/v1/track",
+    "Segment `track`: a user did something."
+);
+segment_route!(
+    identify,
+    EventKind::Identify,
+    "/v1/identify",
+    "Segment `identify`: who the user is (traits)."
+);
+segment_route!(
+    page,
+    EventKind::Page,
+    "/v1/page",
+    "Segment `page`: a page view."
+);
+segment_route!(
+    screen,
+    EventKind::Screen,
+    "/v1/screen",
+    "Segment `screen`: a mobile screen view."
+);
+segment_route!(
+    group,
+    EventKind::Group,
+    "/v1/group",
+    "Segment `group`: the user belongs to a group."
+);
+segment_route!(
+    alias,
+    EventKind::Alias,
+    "/v1/alias",
+    "Segment `alias`: two user ids are the same person."
+);
 
+/// Segment `batch`: many messages of any type in one request (at most 2,500); invalid items are
+/// reported by index while the valid ones are accepted.
+#[utoipa::path(
+    post,
+    path = "/v1/batch",
+    tag = "ingest",
+    request_body(content = SegmentBatch, description = "Segment batch (JSON; gzip, zstd or deflate with Content-Encoding)"),
+    security(("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The valid messages are durably appended; `rejected` lists the others", body = Accepted),
+        (status = 400, description = "No valid message", body = ErrorResponse),
+        (status = 401, description = "No, unknown or revoked write key", body = ErrorResponse),
+        (status = 403, description = "Not a write key", body = ErrorResponse),
+        (status = 413, description = "Body too large (also after decompression)", body = ErrorResponse),
+        (status = 415, description = "Unsupported Content-Type or Content-Encoding", body = ErrorResponse),
+        (status = 503, description = "Event log unavailable or backlogged (Retry-After)", body = ErrorResponse),
+    )
+)]
 pub async fn batch(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -159,6 +233,55 @@ pub async fn batch(
     ingest(state, Shape::SegmentBatch, Some(peer), None, headers, body).await
 }
 
+/// Segment `import`: the same as `batch`.
+#[utoipa::path(
+    post,
+    path = "/v1/import",
+    tag = "ingest",
+    request_body(content = SegmentBatch, description = "Segment batch (JSON; gzip, zstd or deflate with Content-Encoding)"),
+    security(("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The valid messages are durably appended; `rejected` lists the others", body = Accepted),
+        (status = 400, description = "No valid message", body = ErrorResponse),
+        (status = 401, description = "No, unknown or revoked write key", body = ErrorResponse),
+        (status = 403, description = "Not a write key", body = ErrorResponse),
+        (status = 413, description = "Body too large (also after decompression)", body = ErrorResponse),
+        (status = 415, description = "Unsupported Content-Type or Content-Encoding", body = ErrorResponse),
+        (status = 503, description = "Event log unavailable or backlogged (Retry-After)", body = ErrorResponse),
+    )
+)]
+pub async fn import(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    batch(state, peer, headers, body).await
+}
+
+/// Native canonical events: a JSON array, or NDJSON (`Content-Type: application/x-ndjson`).
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "ingest",
+    request_body(
+        description = "Canonical events (`source` and `received_at` are set by the server)",
+        content(
+            (Vec<CanonicalEvent> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    security(("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The valid events are durably appended; `rejected` lists the others", body = Accepted),
+        (status = 400, description = "No valid event", body = ErrorResponse),
+        (status = 401, description = "No, unknown or revoked write key", body = ErrorResponse),
+        (status = 403, description = "Not a write key", body = ErrorResponse),
+        (status = 413, description = "Body too large (also after decompression)", body = ErrorResponse),
+        (status = 415, description = "Unsupported Content-Type or Content-Encoding", body = ErrorResponse),
+        (status = 503, description = "Event log unavailable or backlogged (Retry-After)", body = ErrorResponse),
+    )
+)]
 pub async fn native(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -169,6 +292,22 @@ pub async fn native(
 }
 
 /// The replaced system's route; its clients only change the URL (adding `?writeKey=`).
+#[utoipa::path(
+    post,
+    path = "/track",
+    tag = "ingest",
+    params(("writeKey" = Option<String>, Query, description = "The write key, for clients that cannot send headers")),
+    request_body(content = LegacyTrack, description = "The replaced event-tracker's body"),
+    security(("basic" = []), ("bearer" = []), ()),
+    responses(
+        (status = 200, description = "Durably appended to the event log", body = Accepted),
+        (status = 400, description = "Invalid body", body = ErrorResponse),
+        (status = 401, description = "No, unknown or revoked write key", body = ErrorResponse),
+        (status = 403, description = "Not a write key", body = ErrorResponse),
+        (status = 413, description = "Body too large (also after decompression)", body = ErrorResponse),
+        (status = 503, description = "Event log unavailable or backlogged (Retry-After)", body = ErrorResponse),
+    )
+)]
 pub async fn legacy_track(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -1,5 +1,7 @@
 //! sluice-server: the HTTP surface. The axum router for ingest (Segment API, legacy `/track`,
-//! native `/v1/events`), authentication, body limits and decompression, CORS, health.
+//! native `/v1/events`), the query API (`/v1/query/…`), authentication, body limits and
+//! decompression, CORS, health (`/healthz`, `/readyz`), and the OpenAPI document
+//! (`/openapi.json`, `openapi.rs`: the documented routes are the router's routes).
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so the binary and the tests
 //! run the same app (tests on port 0).
@@ -8,19 +10,22 @@ pub mod auth;
 pub mod body;
 pub mod dashboard;
 pub mod error;
+pub mod health;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
+pub mod query;
+pub mod schema;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use sluice_core::log::EventLog;
+use sluice_core::warehouse::Warehouse;
 use sluice_core::Limits;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -29,19 +34,34 @@ pub use auth::KeyCache;
 pub use error::ApiError;
 
 /// Settings of the HTTP surface.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub limits: Limits,
     /// Origins allowed by CORS; empty or `*` allows any.
     pub cors_origins: Vec<String>,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
+    /// Longest a client may take to send its request body (then 408).
+    pub body_timeout: std::time::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            limits: Limits::default(),
+            cors_origins: Vec::new(),
+            trust_forwarded_for: false,
+            body_timeout: body::DEFAULT_BODY_TIMEOUT,
+        }
+    }
 }
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub log: Arc<dyn EventLog>,
+    /// The warehouse the query API reads (and `/readyz` pings).
+    pub store: Arc<dyn Warehouse>,
     pub keys: Arc<KeyCache>,
     pub config: Arc<ServerConfig>,
     /// The live aggregator of this process (`/v1/live`, dashboard).
@@ -83,19 +103,10 @@ async fn method_not_allowed() -> ApiError {
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config);
+    // Every route comes from `openapi::routes()`, so `/openapi.json` lists exactly these.
+    let (routes, _document) = openapi::routes().split_for_parts();
     metrics::install();
-    Router::new()
-        .route("/v1/track", post(ingest::track))
-        .route("/v1/identify", post(ingest::identify))
-        .route("/v1/page", post(ingest::page))
-        .route("/v1/screen", post(ingest::screen))
-        .route("/v1/group", post(ingest::group))
-        .route("/v1/alias", post(ingest::alias))
-        .route("/v1/batch", post(ingest::batch))
-        .route("/v1/import", post(ingest::batch))
-        .route("/v1/events", post(ingest::native))
-        .route("/track", post(ingest::legacy_track))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+    routes
         .merge(live::routes())
         .merge(metrics::routes())
         .merge(dashboard::routes())
