@@ -35,6 +35,12 @@ conformance_cases!(
     far_past_and_future_events_are_stored,
     dedupe_window_is_pruned,
     concurrent_overlapping_commits,
+    query_counts_fill_empty_buckets,
+    query_top_events,
+    query_active_users,
+    query_user_events,
+    query_alerts_and_commit_alerts_exactly_once,
+    verification_lookups,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
