@@ -9,9 +9,26 @@ use bytes::Bytes;
 
 use crate::error::ApiError;
 
-/// Read the raw body, refusing more than `limit` bytes (413).
-pub async fn read_capped(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Default for how long a client may take to send its body; a stalled upload is answered 408
+/// and its connection freed.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read the raw body, refusing more than `limit` bytes (413) or a body that takes longer than
+/// `timeout` to arrive (408).
+pub async fn read_capped(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "request body not received within {} ms",
+                timeout.as_millis()
+            ))
+        })?;
+    read.map_err(|e| {
         // `to_bytes` reports both a too-long body and a broken upload; tell them apart.
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = source {

@@ -1822,3 +1822,36 @@ async fn values_exactly_at_the_limits_are_accepted() {
     );
     assert_eq!(app.logged_events().await.len(), 2502);
 }
+
+#[tokio::test]
+async fn a_stalled_upload_is_answered_408_and_its_connection_freed() {
+    let config = ServerConfig {
+        body_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let app = TestApp::spawn_with(config, |_| {}).await;
+    let auth = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:", app.write_key))
+    };
+    let mut s = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/track HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"userId\":",
+        app.addr
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+        .await
+        .expect("the server answers a stalled upload")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    app.assert_log_empty("a stalled upload").await;
+}

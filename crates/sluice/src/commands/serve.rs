@@ -184,6 +184,7 @@ async fn run_api(
             limits: args.limits(),
             cors_origins: args.cors_origins.clone(),
             trust_forwarded_for: args.trust_forwarded_for,
+            ..ServerConfig::default()
         }),
     };
     sluice_server::serve(listener, state, shutdown.wait())
