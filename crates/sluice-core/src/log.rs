@@ -25,6 +25,13 @@ pub struct Entry {
     pub deliveries: u64,
 }
 
+/// A log position as two comparable numbers: a Redis/embedded stream id `ms-seq`, or a plain
+/// number (a Kafka offset) as `(n, 0)`. `None` when it is neither.
+pub fn parse_position(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Where a new consumer group starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartFrom {

@@ -11,6 +11,7 @@
 //! The warehouse schema is a public interface for analysts; it is documented table by table in
 //! `docs/warehouse.md`.
 
+mod common;
 pub mod embedded;
 pub mod postgres;
 #[cfg(feature = "testing")]

@@ -136,12 +136,9 @@ struct Batch {
     events: Vec<Event>,
 }
 
-/// Parse a Redis-style `ms-seq` id for ordering; other backends' ids compare as numbers.
+/// Ordering key of a log id (unparseable ids sort first).
 fn id_key(id: &str) -> (u64, u64) {
-    match id.split_once('-') {
-        Some((ms, seq)) => (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0)),
-        None => (id.parse().unwrap_or(0), 0),
-    }
+    sluice_core::log::parse_position(id).unwrap_or((0, 0))
 }
 
 /// The last id per shard of a set of entries.

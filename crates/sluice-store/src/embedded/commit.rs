@@ -19,6 +19,7 @@ use sluice_core::warehouse::{Alert, CommitOutcome, ShardPosition, StoreError};
 use sluice_core::{Event, EventKind};
 
 use super::{sql, sqlite_error};
+use crate::common::parse_log_id;
 
 const MINUTE_US: i64 = 60_000_000;
 const DAY_US: i64 = 86_400_000_000;
@@ -260,19 +261,6 @@ impl Offsets {
     }
 }
 
-/// A log position as two comparable numbers: a Redis stream id `ms-seq`, or a plain number (a
-/// Kafka offset, an embedded-log sequence) as `(n, 0)`. The same rule as PostgreSQL's.
-pub(crate) fn parse_log_id(id: &str) -> Result<(i64, i64), StoreError> {
-    let bad = || StoreError::Invalid(format!("log position {id:?} is not `ms-seq` or a number"));
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    let ms: u64 = ms.parse().map_err(|_| bad())?;
-    let seq: u64 = seq.parse().map_err(|_| bad())?;
-    Ok((
-        i64::try_from(ms).map_err(|_| bad())?,
-        i64::try_from(seq).map_err(|_| bad())?,
-    ))
-}
-
 /// One alert as the values of an `alerts` row.
 pub(crate) struct AlertRow {
     source: String,
@@ -428,15 +416,6 @@ pub(crate) fn prune_events(conn: &mut Connection, days: u32) -> Result<usize, St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_ids_compare_numerically() {
-        assert!(parse_log_id("1700000000000-9").ok() < parse_log_id("1700000000000-10").ok());
-        assert_eq!(parse_log_id("42").ok(), Some((42, 0)));
-        assert!(parse_log_id("x-1").is_err());
-        assert!(parse_log_id("1-").is_err());
-        assert!(parse_log_id("-1").is_err());
-    }
 
     #[test]
     fn minutes_and_days_floor_before_1970() {

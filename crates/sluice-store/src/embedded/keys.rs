@@ -2,20 +2,13 @@
 //! characters), stored only as `hash_key(key)` plus a short hint.
 
 use chrono::Utc;
-use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sluice_core::keys::{hash_key, key_hint, KeyKind, KeyRecord};
 use sluice_core::warehouse::StoreError;
 
 use super::commit::from_micros;
 use super::{sql, sqlite_error};
-
-/// `{prefix}` + 32 hex chars of 16 random bytes from the OS-seeded thread RNG.
-pub(crate) fn generate_key(kind: KeyKind) -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{}{}", kind.prefix(), hex::encode(bytes))
-}
+use crate::common::generate_key;
 
 pub(crate) fn create_key(
     conn: &mut Connection,

@@ -25,6 +25,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
 
 use super::{pg_error, sql, PgWarehouse};
+use crate::common::parse_log_id;
 
 /// Column types of `sluice_staging`, in `sql::COPY_STAGING` order.
 const STAGING_TYPES: [Type; 17] = [
@@ -274,37 +275,9 @@ impl Offsets {
     }
 }
 
-/// A log position as two comparable numbers: a Redis stream id `ms-seq`, or a plain number (a
-/// Kafka offset, an embedded-log sequence) as `(n, 0)`.
-pub(crate) fn parse_log_id(id: &str) -> Result<(i64, i64), StoreError> {
-    let bad = || StoreError::Invalid(format!("log position {id:?} is not `ms-seq` or a number"));
-    let (ms, seq) = match id.split_once('-') {
-        Some((ms, seq)) => (ms, seq),
-        None => (id, "0"),
-    };
-    let ms: u64 = ms.parse().map_err(|_| bad())?;
-    let seq: u64 = seq.parse().map_err(|_| bad())?;
-    Ok((
-        i64::try_from(ms).map_err(|_| bad())?,
-        i64::try_from(seq).map_err(|_| bad())?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_ids_compare_numerically() {
-        let a = parse_log_id("1700000000000-9").expect("valid");
-        let b = parse_log_id("1700000000000-10").expect("valid");
-        assert!(a < b, "seq 9 < seq 10 even though \"9\" > \"10\" as text");
-        assert!(parse_log_id("999-0").expect("valid") < parse_log_id("1000-0").expect("valid"));
-        assert_eq!(parse_log_id("42").expect("valid"), (42, 0));
-        assert!(parse_log_id("x-1").is_err());
-        assert!(parse_log_id("1-").is_err());
-        assert!(parse_log_id("-1").is_err());
-    }
 
     #[test]
     fn offsets_keep_the_furthest_per_shard() {

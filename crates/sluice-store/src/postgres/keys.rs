@@ -1,18 +1,11 @@
 //! API keys in `api_keys`: generated here, stored only as `hash_key(key)` plus a short hint.
 
-use rand::RngCore;
 use sluice_core::keys::{hash_key, key_hint, KeyKind, KeyRecord};
 use sluice_core::warehouse::StoreError;
 use tokio_postgres::Row;
 
 use super::{pg_error, sql, PgWarehouse};
-
-/// `{prefix}` + 32 hex chars of 16 random bytes from the OS-seeded thread RNG.
-pub(crate) fn generate_key(kind: KeyKind) -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{}{}", kind.prefix(), hex::encode(bytes))
-}
+use crate::common::generate_key;
 
 pub(crate) async fn create_key(
     wh: &PgWarehouse,
@@ -71,18 +64,4 @@ fn record(row: &Row) -> Result<KeyRecord, StoreError> {
         created_at: row.try_get(5).map_err(pg_error)?,
         revoked_at: row.try_get(6).map_err(pg_error)?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_keys_have_prefix_and_32_hex_chars() {
-        let key = generate_key(KeyKind::Write);
-        let rest = key.strip_prefix("sk_w_").expect("write prefix");
-        assert_eq!(rest.len(), 32);
-        assert!(rest.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(generate_key(KeyKind::Read), generate_key(KeyKind::Read));
-    }
 }
