@@ -175,15 +175,16 @@ pub async fn open_log(
     }
 }
 
-/// Open a warehouse by URL with default options (verification, tools).
+/// Open a warehouse by URL with default options, shared (an embedded one may be served by a
+/// running `sluice serve` at the same time): for verification and tools.
 pub async fn open_store_url(url: &str) -> anyhow::Result<Store> {
-    open_store(&StoreUrlArgs {
+    let args = StoreUrlArgs {
         store_url: Some(url.to_string()),
         data_dir: PathBuf::from("sluice-data"),
         retention_days: None,
         dedupe_window_hours: 24 * 7,
-    })
-    .await
+    };
+    open_store_with(&args, false).await
 }
 
 /// The warehouse backends this build has.
