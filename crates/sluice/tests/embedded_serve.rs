@@ -48,10 +48,11 @@ impl Serve {
             if let Some(k) = line.trim().strip_prefix("read key: ") {
                 read_key = Some(k.trim().to_string());
             }
-            if line.starts_with("dashboard:") || line.trim_start().starts_with("dashboard:") {
-                if base.is_some() && (write_key.is_some() || !line.contains("#key=sk_")) {
-                    break;
-                }
+            if line.trim_start().starts_with("dashboard:")
+                && base.is_some()
+                && (write_key.is_some() || !line.contains("#key=sk_"))
+            {
+                break;
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.

@@ -713,7 +713,7 @@ impl EventLog for RedisLog {
         // `trim_keep` of processed entries stays.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| millis(d));
+            .map_or(0, millis);
         let lag_floor = self
             .config
             .trim_max_lag

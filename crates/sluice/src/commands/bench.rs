@@ -344,7 +344,7 @@ async fn run_task(
                 result.acked_events += batch;
                 shared.acked.fetch_add(batch, Ordering::Relaxed);
                 if let Some(samples) = &samples {
-                    if result.requests % args.sample_every.max(1) == 0 {
+                    if result.requests.is_multiple_of(args.sample_every.max(1)) {
                         // Full channel: skip the sample rather than slow the load down.
                         let _ = samples.try_send((generator.event_id(first_seq), Instant::now()));
                     }
