@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Sets up what the tests need on a fresh Debian machine first:
 # Redis and PostgreSQL (installed with apt-get if missing, started if stopped, PostgreSQL opened
-# to trust auth on 127.0.0.1 for the `postgres` user if it refuses us), a Python venv with the
+# to trust auth on 127.0.0.1 for the `postgres` user if it refuses us), Chromium and promtool
+# (Debian packages `chromium`, `prometheus`), a Python venv with the
 # official Segment SDK. Then: format check, clippy, all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,10 @@ if ! psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1;
   sleep 1
   psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null
 fi
+
+# --- Headless Chromium (dashboard browser test) and promtool (/metrics format check) ------------
+[ -x /usr/bin/chromium ] || apt_install chromium
+[ -x /usr/bin/promtool ] || apt_install prometheus
 
 # --- Python venv with the official Segment SDK ---------------------------------------------------
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import segment.analytics' 2>/dev/null; then

@@ -12,7 +12,9 @@ let key = null;
 let socket = null;
 let retry = 1000;
 let series = new Array(WINDOW).fill(0);
-let lastTs = 0;
+let liveAlerts = [];
+let storedAlerts = [];
+let storedAlertsNote = '';
 
 // ---- the key: from the URL fragment (never sent to the server), else local storage ----------
 function takeKeyFromFragment() {
@@ -34,7 +36,7 @@ function showLogin(message) {
 async function start() {
   key = localStorage.getItem(KEY_STORE);
   if (!key) { showLogin(''); return; }
-  // Check the key first: /v1/live answers 401/403 to a bad key before any upgrade.
+  // Check the key first: /v1/live answers 401/403 to a bad key, the current message otherwise.
   let check;
   try {
     check = await fetch('/v1/live', { headers: { Authorization: 'Bearer ' + key } });
@@ -53,6 +55,8 @@ async function start() {
   $('login').hidden = true;
   $('dash').hidden = false;
   $('forget').hidden = false;
+  // A plain GET answers the current message: draw it at once, the socket takes over.
+  try { const m = await check.json(); if (m && m.ts > 0) onLive(m); } catch (e) { /* not JSON */ }
   connect();
   loadRange();
 }
@@ -91,14 +95,14 @@ function onLive(m) {
     series.push(m.total);
     series.splice(0, series.length - WINDOW);
   }
-  lastTs = m.ts;
   $('rate').textContent = fmt(m.total);
   $('total-5m').textContent = fmt(m.total_5m);
   $('peak').textContent = fmt(Math.max(...series));
   $('clock').textContent = '· ' + new Date(m.ts * 1000).toLocaleTimeString();
   renderBacklog(m.backlog || {}, m.pending || {});
   renderByName(m.by_name || [], m.by_name_5m || []);
-  renderAlerts(m.alerts || []);
+  liveAlerts = Array.isArray(m.alerts) ? m.alerts : [];
+  renderAlerts();
   drawChart();
 }
 
@@ -130,12 +134,20 @@ function renderByName(second, window5m) {
   ])));
 }
 
-function renderAlerts(alerts) {
+// Alerts: the live ones (pushed with each second) and those stored over the chosen range.
+function renderAlerts() {
+  const seen = new Set();
+  const alerts = liveAlerts.concat(storedAlerts).filter((a) => {
+    const id = [a.rule, a.subject, a.window_start].join('|');
+    if (seen.has(id)) return false;
+    seen.add(id);
+    return true;
+  }).slice(0, 50);
   $('alerts').replaceChildren(...alerts.map((a) => row([
     cell(a.rule), cell(a.subject, 'name'), cell(fmt(a.count), 'num'),
     cell(new Date(a.window_start).toLocaleTimeString() + ' – ' + new Date(a.window_end).toLocaleTimeString()),
   ])));
-  $('alerts-note').textContent = alerts.length ? '' : 'No alerts.';
+  $('alerts-note').textContent = alerts.length ? storedAlertsNote : (storedAlertsNote || 'No alerts.');
 }
 
 // ---- the chart: a canvas, no library ----------------------------------------------------------
@@ -209,18 +221,6 @@ function rangeParams() {
   return 'from=' + encodeURIComponent(from.toISOString()) + '&to=' + encodeURIComponent(to.toISOString());
 }
 
-// The first string field of an object (a day or bucket label) and its first number.
-function labelOf(o) {
-  for (const k of ['day', 'date', 'bucket']) if (typeof o[k] === 'string') return o[k].slice(0, 10);
-  const s = Object.values(o).find((v) => typeof v === 'string');
-  return s === undefined ? '' : String(s).slice(0, 10);
-}
-function numberOf(o, prefer) {
-  for (const k of prefer) if (typeof o[k] === 'number') return o[k];
-  const n = Object.values(o).find((v) => typeof v === 'number');
-  return n === undefined ? 0 : n;
-}
-
 async function loadRange() {
   if (!key) return;
   const params = rangeParams();
@@ -235,18 +235,24 @@ async function loadRange() {
   }
   try {
     const au = await query('/v1/query/active-users?' + params);
-    const series = Array.isArray(au.series) ? au.series : (Array.isArray(au.days) ? au.days : []);
-    const total = numberOf(au, ['distinct_users', 'distinct', 'users', 'total']);
-    $('users-total').textContent = fmt(total);
-    $('users').replaceChildren(...series.map((d) => row([
-      cell(labelOf(d)), cell(fmt(numberOf(d, ['users', 'count', 'active_users', 'dau'])), 'num'),
-    ])));
-    $('users-note').textContent = series.length ? '' : 'No active users in this range.';
+    const daily = Array.isArray(au.daily) ? au.daily : [];
+    $('users-total').textContent = fmt(au.distinct);
+    $('users').replaceChildren(...daily.map((d) => row([cell(d.day), cell(fmt(d.users), 'num')])));
+    $('users-note').textContent = daily.length ? '' : 'No active users in this range.';
   } catch (e) {
     $('users').replaceChildren();
     $('users-total').textContent = '–';
     $('users-note').textContent = 'Active users: ' + e.message;
   }
+  try {
+    const al = await query('/v1/query/alerts?' + params);
+    storedAlerts = Array.isArray(al.alerts) ? al.alerts : [];
+    storedAlertsNote = '';
+  } catch (e) {
+    storedAlerts = [];
+    storedAlertsNote = 'Stored alerts: ' + e.message;
+  }
+  renderAlerts();
 }
 
 // ---- wiring -------------------------------------------------------------------------------------

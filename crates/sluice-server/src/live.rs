@@ -1,6 +1,9 @@
 //! `GET /v1/live`: a WebSocket that pushes one small JSON message per second with the live
 //! aggregates of the key's source (see `sluice_worker::live` for how they are counted).
 //!
+//! A plain `GET /v1/live` without an upgrade answers the current message as JSON (history
+//! included): a polling fallback, and how the dashboard checks its key before connecting.
+//!
 //! Authentication: a read key as `Authorization: Bearer <key>`, or as `?key=<key>` because
 //! browsers cannot set headers on a WebSocket. The key is checked before the upgrade: a missing
 //! or wrong key gets the usual 401/403 JSON answer and no WebSocket. The dashboard keeps its key
@@ -22,10 +25,10 @@ use std::time::Duration;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use serde::Deserialize;
 use sluice_core::keys::KeyKind;
 use sluice_core::metrics as names;
@@ -59,6 +62,13 @@ async fn live(
     let principal = authorize(&state.keys, key.as_deref(), KeyKind::Read)?;
     let upgrade = match upgrade {
         Ok(u) => u,
+        // A plain GET (no WebSocket upgrade): the current message, with the window's history, as
+        // JSON. The dashboard checks its key this way; it also serves as a polling fallback.
+        Err(_) if !headers.contains_key(header::UPGRADE) => {
+            let snapshot = state.live.latest();
+            let message = snapshot.message(&principal.source, true);
+            return Ok(([(header::CACHE_CONTROL, "no-store")], Json(message)).into_response());
+        }
         Err(rejection) => return Ok(rejection.into_response()),
     };
     let hub = state.live.clone();

@@ -260,3 +260,59 @@ async fn live_refuses_missing_wrong_and_write_keys() {
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
 }
+
+fn alert(source: &str, subject: &str) -> sluice_core::warehouse::Alert {
+    let now = chrono::Utc::now();
+    sluice_core::warehouse::Alert {
+        source: source.to_owned(),
+        rule: "user_rate".to_owned(),
+        subject: subject.to_owned(),
+        window_start: now - chrono::Duration::seconds(60),
+        window_end: now,
+        count: 500,
+        first_event_id: "e-1".to_owned(),
+        last_event_id: "e-500".to_owned(),
+        created_at: now,
+        details: json!({"threshold": 100}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_alerts_go_out_to_their_source_only() {
+    let app = TestApp::spawn().await;
+    let mut ws = connect_query_key(&app, &app.read_key).await;
+    let first = next_message(&mut ws).await;
+    assert_eq!(first["alerts"], json!([]));
+
+    app.live.push_alert(alert("someone-else", "not-ours"));
+    app.live.push_alert(alert(&app.source, "user-42"));
+    let started = Instant::now();
+    let alerts = loop {
+        let m = next_message(&mut ws).await;
+        let alerts = m["alerts"].as_array().expect("alerts").clone();
+        if !alerts.is_empty() {
+            break alerts;
+        }
+        assert!(started.elapsed() < DEADLINE, "the alert never came");
+    };
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["subject"], "user-42");
+    assert_eq!(alerts[0]["rule"], "user_rate");
+    assert_eq!(alerts[0]["count"], 500);
+
+    // Only the newest 50 are kept, newest first.
+    for i in 0..60 {
+        app.live.push_alert(alert(&app.source, &format!("u-{i}")));
+    }
+    let started = Instant::now();
+    loop {
+        let m = next_message(&mut ws).await;
+        let alerts = m["alerts"].as_array().expect("alerts");
+        if alerts.first().is_some_and(|a| a["subject"] == "u-59") {
+            assert_eq!(alerts.len(), 50);
+            assert_eq!(alerts[49]["subject"], "u-10");
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the newest alerts never came");
+    }
+}

@@ -54,6 +54,8 @@ pub struct TestApp {
     pub log: Arc<RedisLog>,
     pub store: Arc<PgWarehouse>,
     pub keys: Arc<KeyCache>,
+    /// The app's live aggregator (`/v1/live`), e.g. to push alerts.
+    pub live: sluice_worker::LiveHub,
     pub db: TestDb,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -95,9 +97,10 @@ impl TestApp {
             .await
             .expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
+        let live = sluice_worker::LiveHub::spawn(log.clone(), sluice_worker::LiveConfig::default());
         let state = AppState {
             log: log.clone(),
-            live: sluice_worker::LiveHub::spawn(log.clone(), sluice_worker::LiveConfig::default()),
+            live: live.clone(),
             store: store.clone(),
             keys: keys.clone(),
             config: Arc::new(config),
@@ -116,6 +119,7 @@ impl TestApp {
             log,
             store,
             keys,
+            live,
             db,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
