@@ -10,10 +10,6 @@
 
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-
-use crate::AppState;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -23,13 +19,6 @@ const APP_CSS: &str = include_str!("../assets/app.css");
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/assets/app.js", get(app_js))
-        .route("/assets/app.css", get(app_css))
-}
 
 fn asset(content_type: &'static str, body: &'static str, cache: &'static str) -> Response {
     let headers = [
@@ -56,15 +45,21 @@ fn asset(content_type: &'static str, body: &'static str, cache: &'static str) ->
     (headers, body).into_response()
 }
 
-async fn index() -> Response {
+/// The dashboard page (shipped inside the binary).
+#[utoipa::path(get, path = "/", tag = "dashboard", responses((status = 200, description = "The dashboard page", content_type = "text/html")))]
+pub(crate) async fn index() -> Response {
     // Always revalidated, so a new binary's page is picked up at once.
     asset("text/html; charset=utf-8", INDEX_HTML, "no-cache")
 }
 
-async fn app_js() -> Response {
+/// The dashboard script (shipped inside the binary).
+#[utoipa::path(get, path = "/assets/app.js", tag = "dashboard", responses((status = 200, description = "The dashboard script", content_type = "text/javascript")))]
+pub(crate) async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS, "no-cache")
 }
 
-async fn app_css() -> Response {
+/// The dashboard style sheet (shipped inside the binary).
+#[utoipa::path(get, path = "/assets/app.css", tag = "dashboard", responses((status = 200, description = "The dashboard style sheet", content_type = "text/css")))]
+pub(crate) async fn app_css() -> Response {
     asset("text/css; charset=utf-8", APP_CSS, "no-cache")
 }

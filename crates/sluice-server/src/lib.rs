@@ -107,9 +107,6 @@ pub fn router(state: AppState) -> Router {
     let (routes, _document) = openapi::routes().split_for_parts();
     metrics::install();
     routes
-        .merge(live::routes())
-        .merge(metrics::routes())
-        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track_http))

@@ -27,8 +27,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use sluice_core::keys::KeyKind;
 use sluice_core::metrics as names;
@@ -48,11 +47,21 @@ pub struct LiveQuery {
     key: Option<String>,
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/live", get(live))
-}
-
-async fn live(
+/// Live per-second aggregates of the key's source.
+#[utoipa::path(
+    get,
+    path = "/v1/live",
+    tag = "live",
+    params(("key" = Option<String>, Query, description = "Read key, for browsers (a WebSocket cannot carry headers); or `Authorization: Bearer`")),
+    responses(
+        (status = 101, description = "WebSocket: one JSON message per second (`ts`, `total`, `by_name`, `last_5m`, `backlog`, `alerts`)"),
+        (status = 200, description = "Without an upgrade: the current message, as JSON", content_type = "application/json", body = Object),
+        (status = 401, description = "No or unknown read key", body = crate::schema::ErrorResponse),
+        (status = 403, description = "A write key", body = crate::schema::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn live(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<LiveQuery>, QueryRejection>,

@@ -15,13 +15,9 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_core::metrics as names;
-
-use crate::AppState;
 
 /// The content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -138,11 +134,14 @@ fn describe() {
     describe_counter!(names::ALERTS_TOTAL, "Alerts pushed to the live view");
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(render))
-}
-
-async fn render() -> Response {
+/// Prometheus text exposition of the process's metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
+)]
+pub(crate) async fn render() -> Response {
     let handle = install();
     handle.run_upkeep();
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render()).into_response()

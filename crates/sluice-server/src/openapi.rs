@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{health, ingest, query, AppState};
+use crate::{dashboard, health, ingest, live, metrics, query, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,7 +26,9 @@ use crate::{health, ingest, query, AppState};
     tags(
         (name = "ingest", description = "Write key (HTTP Basic username with an empty password, `Authorization: Bearer`, or `writeKey` in the body). A 2xx means the events are durably in the event log."),
         (name = "query", description = "Read key (`Authorization: Bearer`, or HTTP Basic username). Results are scoped to the key's source; time ranges are half-open `[from, to)`, RFC 3339, by default the last 24 hours."),
-        (name = "health", description = "Liveness and readiness."),
+        (name = "health", description = "Liveness, readiness and Prometheus metrics."),
+        (name = "live", description = "Live per-second aggregates over a WebSocket (read key)."),
+        (name = "dashboard", description = "The dashboard page and its assets, shipped inside the binary."),
         (name = "meta", description = "This document."),
     )
 )]
@@ -82,6 +84,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(openapi_json))
+        .routes(routes!(live::live))
+        .routes(routes!(metrics::render))
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::app_js))
+        .routes(routes!(dashboard::app_css))
 }
 
 /// The document as JSON, built once.

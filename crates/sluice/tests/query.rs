@@ -862,6 +862,11 @@ async fn openapi_document_lists_exactly_the_routes() {
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/openapi.json"),
+        ("GET", "/v1/live"),
+        ("GET", "/metrics"),
+        ("GET", "/"),
+        ("GET", "/assets/app.js"),
+        ("GET", "/assets/app.css"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
