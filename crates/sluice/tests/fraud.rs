@@ -597,3 +597,52 @@ async fn a_burst_spanning_a_restart_raises_one_alert_on_the_embedded_log() {
     let store = Arc::new(db.warehouse(PgOptions::default()).await);
     burst_spanning_a_restart(log, store).await;
 }
+
+/// Throughput of the fraud worker alone over a preloaded backlog (in-process, Redis +
+/// PostgreSQL). Run in release mode:
+/// `cargo test --release -p sluice --test fraud -- --ignored --nocapture fraud_throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: run explicitly in release mode"]
+async fn fraud_throughput_over_a_preloaded_backlog() {
+    let env = Env::new().await;
+    let n: usize = std::env::var("SLUICE_FRAUD_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
+    let (events, expect) = scenario(n, 10, 4);
+    env.append(&events).await;
+    let mut c = ConsumerConfig::new("bench");
+    c.batch_size = std::env::var("SLUICE_FRAUD_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let processor = Arc::new(FraudProcessor::new(
+        env.store.clone(),
+        env.log.clone(),
+        FraudConfig::default(),
+    ));
+    let stats = processor.stats();
+    let worker = Worker::new(env.log.clone() as Arc<dyn EventLog>, processor, c);
+    let wstats = worker.stats();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let started = Instant::now();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    wait_group_drained(env.log.as_ref(), GROUP, Duration::from_secs(600)).await;
+    let took = started.elapsed();
+    let _ = stop.send(());
+    handle.await.expect("join").expect("worker");
+    let rate = events.len() as f64 / took.as_secs_f64();
+    println!(
+        "{{\"events\": {}, \"seconds\": {:.2}, \"events_per_sec\": {:.0}, \"process_seconds\": {:.2}, \"batches\": {}, \"subjects\": {}, \"alerts\": {}}}",
+        events.len(),
+        took.as_secs_f64(),
+        rate,
+        wstats.commit_micros_total.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
+        wstats.batches.load(std::sync::atomic::Ordering::Relaxed),
+        stats.subjects.load(std::sync::atomic::Ordering::Relaxed),
+        stats.alerts.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(env.alerts().await, expect);
+}
