@@ -66,4 +66,13 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 log "cargo test"
-cargo test --workspace --all-features -- --test-threads "${SLUICE_TEST_THREADS:-4}"
+TEST_LOG=$(mktemp)
+trap 'rm -f "$TEST_LOG"' EXIT
+set +e
+cargo test --workspace --all-features -- --test-threads "${SLUICE_TEST_THREADS:-4}" 2>&1 | tee "$TEST_LOG"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one per binary, the last often being an
+# empty doc-test run).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "total: %d passed, %d failed\n", passed, failed }' "$TEST_LOG"
+exit "$status"
