@@ -100,6 +100,7 @@ async fn migrate_twice_and_concurrently_is_idempotent() {
             (2, "rollups_offsets_dedupe".to_string()),
             (3, "events_native".to_string()),
             (4, "alerts".to_string()),
+            (5, "leaner_indexes".to_string()),
         ]
     );
     assert!(!a.uses_timescaledb().await.expect("flavour"));

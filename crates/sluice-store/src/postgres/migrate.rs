@@ -30,11 +30,18 @@ const COMMON: &[Migration] = &[
 ];
 
 /// Applied after the events branch (version 3), in order.
-const LATER: &[Migration] = &[Migration {
-    version: 4,
-    name: "alerts",
-    sql: include_str!("../../migrations/0004_alerts.sql"),
-}];
+const LATER: &[Migration] = &[
+    Migration {
+        version: 4,
+        name: "alerts",
+        sql: include_str!("../../migrations/0004_alerts.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "leaner_indexes",
+        sql: include_str!("../../migrations/0005_leaner_indexes.sql"),
+    },
+];
 
 const EVENTS_NATIVE: Migration = Migration {
     version: 3,
