@@ -23,6 +23,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use sluice_core::log::{DeadLetter, Entry, GroupLag, LogError, StartFrom};
 use tokio::sync::Notify;
 
+/// Largest in-memory table of a keyspace before it is flushed to disk.
+const MAX_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// Journal budget (fjall's minimum); past it, memtables are flushed.
+const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
+
 use super::config::EmbeddedLogConfig;
 use super::keys::{self, Id, Position};
 
@@ -212,13 +217,19 @@ impl Store {
             }
         })?;
         let err = |e: fjall::Error| storage_error(&dir, &e);
+        // Memory: fjall's defaults (64 MiB memtables, up to 512 MiB of journals whose sealed
+        // memtables stay in memory until flushed) let a busy log hold hundreds of MiB. Smaller
+        // memtables and the smallest journal budget keep the process within its RSS target.
         let db = Database::builder(&dir)
             .cache_size(config.cache_bytes)
+            .max_journaling_size(MAX_JOURNALING_BYTES)
             .open()
             .map_err(err)?;
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(err)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES)
+            })
+            .map_err(err)
         };
         let events = ks("events")?;
         let groups_ks = ks("groups")?;
