@@ -1555,8 +1555,28 @@ async fn redis_down_answers_503_within_the_bound_then_recovers() {
         .await,
         1,
     );
+    let ready = |app: &TestApp| {
+        let req = app.http.get(app.url("/readyz"));
+        async move {
+            let resp = req.send().await.expect("readyz");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(ready(&app).await.0, 200);
 
     redis.kill();
+    // Readiness names the log as the failing part, within its bound.
+    let started = Instant::now();
+    let (status, body) = ready(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["log"].as_str().is_some_and(|s| s != "ok"), "{body}");
+    assert_eq!(body["warehouse"], "ok", "{body}");
+    assert!(
+        started.elapsed() <= BOUND,
+        "readyz took {:?}",
+        started.elapsed()
+    );
     // Several requests in a row, each answered 503 within the bound (never a hang, never a 5xx
     // other than 503).
     for i in 0..3 {
@@ -1593,6 +1613,13 @@ async fn redis_down_answers_503_within_the_bound_then_recovers() {
                 other => panic!("unexpected {other}: {}", resp.text),
             }
         },
+    )
+    .await;
+    await_condition(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "readyz to answer 200 again after Redis came back",
+        || async { (ready(&app).await.0 == 200).then_some(()) },
     )
     .await;
     // The consumer side reconnects on its own too: its first command after the restart may fail
