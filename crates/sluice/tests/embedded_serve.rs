@@ -325,3 +325,50 @@ async fn keys_are_managed_beside_a_running_serve() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_alerts_reach_the_live_view() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = Serve::start(dir.path());
+    let write_key = serve.write_key.clone().expect("write key");
+    let read_key = serve.read_key.clone().expect("read key");
+    let http = reqwest::Client::new();
+    // 150 events from one user within a second: above the default user_rate (100 in 10 s).
+    let now = chrono::Utc::now();
+    let batch: Vec<_> = (0..150)
+        .map(|i| {
+            json!({"type": "track", "userId": "bot-1", "event": "click", "messageId": format!("bot-{i}"),
+                   "timestamp": (now + chrono::Duration::milliseconds(i)).to_rfc3339()})
+        })
+        .collect();
+    let resp = http
+        .post(format!("{}/v1/batch", serve.base))
+        .basic_auth(&write_key, Some(""))
+        .json(&json!({ "batch": batch }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live: serde_json::Value = http
+            .get(format!("{}/v1/live", serve.base))
+            .bearer_auth(&read_key)
+            .send()
+            .await
+            .expect("live")
+            .json()
+            .await
+            .expect("live JSON");
+        let alerts = live["alerts"].as_array().cloned().unwrap_or_default();
+        if let Some(a) = alerts.iter().find(|a| a["rule"] == "user_rate") {
+            assert_eq!(a["subject"], "bot-1", "{a}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no user_rate alert in the live view: {live}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use sluice_core::keys::KeyKind;
 use sluice_core::log::EventLog;
 use sluice_core::warehouse::Warehouse;
+use sluice_worker::fraud::AlertHook;
 use sluice_worker::warehouse;
+use sluice_worker::{LiveConfig, LiveHub};
 
 use crate::backends::{open_log, open_store, LogArgs, StoreUrlArgs};
 use crate::commands::worker::{fraud_consumer, run_fraud, run_warehouse, ConsumerArgs, FraudArgs};
@@ -76,7 +78,9 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals();
     let store = open_store(&args.store).await?.into_warehouse();
     let log = open_log(&args.log, &[warehouse::GROUP]).await?;
-    run_api(&args, log, store, shutdown, None).await
+    // Tails the log for `/v1/live` and the dashboard; stops when the last handle is dropped.
+    let live = LiveHub::spawn(log.clone(), LiveConfig::default());
+    run_api(&args, log, store, shutdown, None, live).await
 }
 
 /// Keys created on the first start of `sluice serve`.
@@ -138,6 +142,7 @@ async fn run_api(
     store: Arc<dyn Warehouse>,
     shutdown: Shutdown,
     first_keys: Option<FirstKeys>,
+    live: LiveHub,
 ) -> anyhow::Result<()> {
     let keys = Arc::new(KeyCache::default());
     keys.refresh(store.as_ref())
@@ -175,8 +180,7 @@ async fn run_api(
         println!("dashboard: http://{addr}/#key=<read key>");
     }
     let state = AppState {
-        // Tails the log for `/v1/live` and the dashboard; stops when the server drops the state.
-        live: sluice_worker::LiveHub::spawn(log.clone(), sluice_worker::LiveConfig::default()),
+        live,
         log,
         store,
         keys,
@@ -208,8 +212,13 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         config,
         shutdown.clone(),
     ));
-    // The fraud worker: its own group and position, beside the warehouse worker.
-    // TODO(live): pass `Some(hook)` calling `LiveHub::push_alert` once serve has a live hub.
+    let live = LiveHub::spawn(log.clone(), LiveConfig::default());
+    // The fraud worker: its own group and position, beside the warehouse worker; its alerts are
+    // pushed live to the dashboard as they commit.
+    let hook: AlertHook = {
+        let live = live.clone();
+        Arc::new(move |alert| live.push_alert(alert))
+    };
     let fraud = if args.no_fraud {
         None
     } else {
@@ -218,11 +227,11 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             store.clone(),
             fraud_consumer(&args.consumer)?,
             args.fraud.config()?,
-            None,
+            Some(hook),
             shutdown.clone(),
         )))
     };
-    let api = run_api(&args.api, log, store, shutdown, first).await;
+    let api = run_api(&args.api, log, store, shutdown, first, live).await;
     let worker = worker
         .await
         .map_err(|e| anyhow::anyhow!("warehouse worker panicked: {e}"))?;
