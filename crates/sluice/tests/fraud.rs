@@ -11,28 +11,27 @@
 
 mod common;
 
+use common::ChildGuard;
+
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
-use sluice_core::log::{EventLog, GroupLag, Record, StartFrom};
-use sluice_core::shard::{shard_for, shard_of};
+use sluice_core::log::{EventLog, StartFrom};
+use sluice_core::shard::shard_for;
 use sluice_core::warehouse::{Alert, Warehouse};
 use sluice_core::{Event, EventKind};
 use sluice_store::testing::conformance::Probe;
-use sluice_store::testing::{PgProbe, TestDb};
-use sluice_store::{PgOptions, PgWarehouse};
-use sluice_stream::redis::{RedisLog, RedisLogConfig};
+use sluice_store::testing::TestDb;
+use sluice_store::PgOptions;
 use sluice_worker::fraud::{Detector, FraudConfig, FraudProcessor, FraudStats, GROUP};
 use sluice_worker::{ConsumerConfig, Worker};
 use tokio::sync::oneshot;
 
-const SHARDS: u32 = 4;
+const SHARDS: u32 = common::PIPELINE_SHARDS;
 const SOURCE: &str = "fraud-test";
 const NAMES: [&str; 10] = [
     "page_view",
@@ -253,65 +252,17 @@ fn rows(alerts: &[Alert]) -> Vec<Expect> {
     v
 }
 
-struct Env {
-    prefix: String,
-    log: Arc<RedisLog>,
-    db: TestDb,
-    store: Arc<PgWarehouse>,
-    probe: PgProbe,
+type Env = common::Pipeline;
+
+/// Fraud-specific helpers on the shared test bed.
+trait FraudChecks {
+    fn spawn(&self, processor: &str, consumer: &str, batch: &str) -> ChildGuard;
+    async fn alerts(&self) -> Vec<Expect>;
 }
 
-impl Env {
-    async fn new() -> Env {
-        let prefix = common::fresh_prefix();
-        let mut config = RedisLogConfig::new(common::redis_url());
-        config.prefix = prefix.clone();
-        config.shards = SHARDS;
-        config.high_water_mark = u64::MAX;
-        let log = Arc::new(
-            RedisLog::connect(config)
-                .await
-                .expect("Redis for tests must be reachable"),
-        );
-        let db = TestDb::create().await;
-        let store = Arc::new(db.warehouse(PgOptions::default()).await);
-        let probe = db.probe().await;
-        Env {
-            prefix,
-            log,
-            db,
-            store,
-            probe,
-        }
-    }
-
-    fn log_url(&self) -> String {
-        format!(
-            "{}?prefix={}&shards={SHARDS}",
-            common::redis_url(),
-            self.prefix
-        )
-    }
-
-    async fn append(&self, events: &[Event]) {
-        append(self.log.as_ref(), events).await;
-    }
-
-    async fn backlog(&self, group: &str) -> u64 {
-        backlog(self.log.as_ref(), group).await
-    }
-
+impl FraudChecks for Env {
     fn spawn(&self, processor: &str, consumer: &str, batch: &str) -> ChildGuard {
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["worker", "--processor", processor])
-            .args(["--log", &self.log_url(), "--store", &self.db.url])
-            .args(["--consumer", consumer, "--batch-size", batch])
-            .args(["--max-wait", "50ms", "--claim-idle", "2s"])
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn sluice worker");
-        ChildGuard(child)
+        self.spawn_worker(processor, consumer, batch)
     }
 
     /// Every alert row, as comparable rows; also checks nothing is stored twice.
@@ -346,34 +297,7 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        common::delete_prefix(&self.prefix);
-    }
-}
-
-async fn append(log: &dyn EventLog, events: &[Event]) {
-    for chunk in events.chunks(2_000) {
-        let records = chunk
-            .iter()
-            .map(|e| Record {
-                shard: shard_of(e, SHARDS),
-                payload: Bytes::from(e.to_json()),
-            })
-            .collect();
-        log.append(records).await.expect("append");
-    }
-}
-
-async fn backlog(log: &dyn EventLog, group: &str) -> u64 {
-    log.lag()
-        .await
-        .expect("lag")
-        .iter()
-        .filter(|g| g.group == group)
-        .map(GroupLag::backlog)
-        .sum()
-}
+use common::{append_events as append, group_backlog as backlog};
 
 /// Wait until `group` has processed everything in the log.
 async fn wait_group_drained(log: &dyn EventLog, group: &str, within: Duration) {
@@ -394,21 +318,6 @@ async fn wait_group_drained(log: &dyn EventLog, group: &str, within: Duration) {
             "group {group} not drained within {within:?}: {left} left"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 

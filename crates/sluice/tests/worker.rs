@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use common::ChildGuard;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,88 +14,34 @@ use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use rand::{Rng, SeedableRng};
 use sluice_core::log::{DeadLetter, Entry, EventLog, GroupLag, LogError, Record, StartFrom};
-use sluice_core::shard::shard_of;
 use sluice_core::Event;
 use sluice_store::testing::conformance::{event, Probe};
-use sluice_store::testing::{PgProbe, TestDb};
-use sluice_store::{PgOptions, PgWarehouse};
-use sluice_stream::redis::{RedisLog, RedisLogConfig};
+use sluice_store::PgWarehouse;
+use sluice_stream::redis::RedisLog;
 use sluice_worker::warehouse::{WarehouseProcessor, GROUP};
 use sluice_worker::{ConsumerConfig, Worker};
 use tokio::sync::oneshot;
 
-const SHARDS: u32 = 4;
+const SHARDS: u32 = common::PIPELINE_SHARDS;
 const SOURCE: &str = "worker-test";
 
-struct Env {
-    prefix: String,
-    log: Arc<RedisLog>,
-    db: TestDb,
-    store: Arc<PgWarehouse>,
-    probe: PgProbe,
+type Env = common::Pipeline;
+
+/// Warehouse-specific checks on the shared test bed.
+trait WarehouseChecks {
+    async fn wait_drained(&self, expected: i64, within: Duration);
+    async fn assert_exact(&self, unique: i64);
+    fn spawn_warehouse_worker(&self, consumer: &str) -> ChildGuard;
 }
 
-impl Env {
-    async fn new() -> Env {
-        let prefix = common::fresh_prefix();
-        let mut config = RedisLogConfig::new(common::redis_url());
-        config.prefix = prefix.clone();
-        config.shards = SHARDS;
-        config.high_water_mark = u64::MAX;
-        let log = Arc::new(
-            RedisLog::connect(config)
-                .await
-                .expect("Redis for tests must be reachable"),
-        );
-        let db = TestDb::create().await;
-        let store = Arc::new(db.warehouse(PgOptions::default()).await);
-        let probe = db.probe().await;
-        Env {
-            prefix,
-            log,
-            db,
-            store,
-            probe,
-        }
-    }
-
-    /// The `--log` URL of this test's streams, for spawned binaries.
-    fn log_url(&self) -> String {
-        format!(
-            "{}?prefix={}&shards={SHARDS}",
-            common::redis_url(),
-            self.prefix
-        )
-    }
-
-    async fn append(&self, events: &[Event]) {
-        for chunk in events.chunks(2_000) {
-            let records = chunk
-                .iter()
-                .map(|e| Record {
-                    shard: shard_of(e, SHARDS),
-                    payload: Bytes::from(e.to_json()),
-                })
-                .collect();
-            self.log.append(records).await.expect("append");
-        }
-    }
-
-    async fn backlog(&self) -> u64 {
-        let lag = self.log.lag().await.expect("lag");
-        lag.iter()
-            .filter(|g| g.group == GROUP)
-            .map(GroupLag::backlog)
-            .sum()
-    }
-
+impl WarehouseChecks for Env {
     /// Wait until the warehouse group has processed everything and `events` holds `expected`
     /// rows for the source.
     async fn wait_drained(&self, expected: i64, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let stored = self.probe.events_count(SOURCE).await.expect("count");
-            let backlog = self.backlog().await;
+            let backlog = self.backlog(GROUP).await;
             if stored >= expected && backlog == 0 {
                 return;
             }
@@ -131,54 +78,8 @@ impl Env {
         );
     }
 
-    fn spawn_worker(&self, consumer: &str) -> ChildGuard {
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args([
-                "worker",
-                "--processor",
-                "warehouse",
-                "--log",
-                &self.log_url(),
-                "--store",
-                &self.db.url,
-            ])
-            .args([
-                "--consumer",
-                consumer,
-                "--batch-size",
-                "2000",
-                "--max-wait",
-                "50ms",
-                "--claim-idle",
-                "2s",
-            ])
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn sluice worker");
-        ChildGuard(child)
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        common::delete_prefix(&self.prefix);
-    }
-}
-
-/// Kills the child process when dropped.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill9();
+    fn spawn_warehouse_worker(&self, consumer: &str) -> ChildGuard {
+        self.spawn_worker("warehouse", consumer, "2000")
     }
 }
 
@@ -391,7 +292,7 @@ async fn kill_9_the_worker_binary_repeatedly() {
     env.append(&events("kill", N, 50, 3)).await;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     let mut kills = 0;
-    let mut worker = env.spawn_worker("killed");
+    let mut worker = env.spawn_warehouse_worker("killed");
     let deadline = Instant::now() + Duration::from_secs(300);
     while kills < 12 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
@@ -409,8 +310,8 @@ async fn kill_9_the_worker_binary_repeatedly() {
         } else {
             "killed".to_string()
         };
-        worker = env.spawn_worker(&name);
-        if stored as usize >= N && env.backlog().await == 0 {
+        worker = env.spawn_warehouse_worker(&name);
+        if stored as usize >= N && env.backlog(GROUP).await == 0 {
             break;
         }
     }
@@ -428,8 +329,8 @@ async fn two_worker_processes_in_one_group() {
     let env = Env::new().await;
     const N: usize = 60_000;
     env.append(&events("two", N, 30, 4)).await;
-    let a = env.spawn_worker("a");
-    let b = env.spawn_worker("b");
+    let a = env.spawn_warehouse_worker("a");
+    let b = env.spawn_warehouse_worker("b");
     env.wait_drained(N as i64, Duration::from_secs(180)).await;
     drop((a, b));
     env.assert_exact(N as i64).await;

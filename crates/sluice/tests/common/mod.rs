@@ -356,3 +356,118 @@ impl Drop for TestApp {
         delete_prefix(&self.prefix);
     }
 }
+
+/// Shards of the logs the pipeline tests (worker, fraud) use.
+pub const PIPELINE_SHARDS: u32 = 4;
+
+/// The processors' test bed: a Redis log under a fresh prefix (no backpressure) and a fresh
+/// migrated PostgreSQL database, with a probe of its tables. Keys are deleted on drop.
+pub struct Pipeline {
+    pub prefix: String,
+    pub log: Arc<RedisLog>,
+    pub db: TestDb,
+    pub store: Arc<PgWarehouse>,
+    pub probe: sluice_store::testing::PgProbe,
+}
+
+impl Pipeline {
+    pub async fn new() -> Pipeline {
+        let prefix = fresh_prefix();
+        let mut config = RedisLogConfig::new(redis_url());
+        config.prefix = prefix.clone();
+        config.shards = PIPELINE_SHARDS;
+        config.high_water_mark = u64::MAX;
+        let log =
+            Arc::new(RedisLog::connect(config).await.unwrap_or_else(|e| {
+                panic!("Redis for tests is unreachable at {}: {e}", redis_url())
+            }));
+        let db = TestDb::create().await;
+        let store = Arc::new(db.warehouse(PgOptions::default()).await);
+        let probe = db.probe().await;
+        Pipeline {
+            prefix,
+            log,
+            db,
+            store,
+            probe,
+        }
+    }
+
+    /// The `--log` URL of this test's streams, for spawned binaries.
+    pub fn log_url(&self) -> String {
+        format!(
+            "{}?prefix={}&shards={PIPELINE_SHARDS}",
+            redis_url(),
+            self.prefix
+        )
+    }
+
+    /// Append events in chunks, each to its shard.
+    pub async fn append(&self, events: &[Event]) {
+        append_events(self.log.as_ref(), events).await;
+    }
+
+    /// Entries `group` has not processed yet (undelivered + pending).
+    pub async fn backlog(&self, group: &str) -> u64 {
+        group_backlog(self.log.as_ref(), group).await
+    }
+
+    /// Start the real `sluice worker` binary on this pipeline.
+    pub fn spawn_worker(&self, processor: &str, consumer: &str, batch_size: &str) -> ChildGuard {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["worker", "--processor", processor])
+            .args(["--log", &self.log_url(), "--store", &self.db.url])
+            .args(["--consumer", consumer, "--batch-size", batch_size])
+            .args(["--max-wait", "50ms", "--claim-idle", "2s"])
+            .env("SLUICE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sluice worker");
+        ChildGuard(child)
+    }
+}
+
+/// Append events to any log with [`PIPELINE_SHARDS`] shards, in chunks, each to its shard.
+pub async fn append_events(log: &dyn EventLog, events: &[Event]) {
+    for chunk in events.chunks(2_000) {
+        let records = chunk
+            .iter()
+            .map(|e| sluice_core::log::Record {
+                shard: sluice_core::shard::shard_of(e, PIPELINE_SHARDS),
+                payload: bytes::Bytes::from(e.to_json()),
+            })
+            .collect();
+        log.append(records).await.expect("append");
+    }
+}
+
+/// Entries `group` has not processed yet (undelivered + pending) in any log.
+pub async fn group_backlog(log: &dyn EventLog, group: &str) -> u64 {
+    let lag = log.lag().await.expect("lag");
+    lag.iter()
+        .filter(|g| g.group == group)
+        .map(|g| g.backlog())
+        .sum()
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        delete_prefix(&self.prefix);
+    }
+}
+
+/// A child process killed (`SIGKILL`) when dropped.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
