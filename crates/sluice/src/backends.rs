@@ -167,7 +167,7 @@ pub async fn open_log(
             Ok(Arc::new(log))
         }
         "kafka" => bail!(
-            "this sluice was built without the `kafka` feature; rebuild with `--features kafka` to use {url}"
+            "this sluice was built without a Kafka event log (the `kafka` backend is not compiled in); use redis://HOST:PORT/DB or embedded:DIR instead of {url}"
         ),
         other => bail!(
             "unknown event log URL scheme {other:?}: use redis://HOST:PORT/DB or embedded:DIR"

@@ -372,3 +372,27 @@ async fn fraud_alerts_reach_the_live_view() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_backend_not_compiled_in_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "kafka://127.0.0.1:9092",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without a Kafka event log"),
+        "unclear error: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
