@@ -110,14 +110,19 @@ async fn ingest(
         return Err(ApiError::Invalid(outcome.problems()));
     }
     let shards = state.log.shards();
-    let records: Vec<Record> = outcome
-        .accepted
-        .iter()
+    // The events become their log records here; everything else of the request (body, parsed
+    // items, events) is freed before waiting for the append, so a request in flight holds only
+    // its records.
+    let parse::Outcome { accepted, rejected } = outcome;
+    let records: Vec<Record> = accepted
+        .into_iter()
         .map(|e| Record {
-            shard: shard::shard_of(e, shards),
+            shard: shard::shard_of(&e, shards),
             payload: e.to_json().into(),
         })
         .collect();
+    drop(parsed);
+    drop(decoded);
     let accepted = records.len();
     let started = Instant::now();
     let appended = state.log.append(records).await;
@@ -126,7 +131,7 @@ async fn ingest(
     Ok(Json(Accepted {
         success: true,
         accepted,
-        rejected: outcome.rejected,
+        rejected,
     })
     .into_response())
 }
