@@ -163,12 +163,7 @@ pub trait EventLog: Send + Sync + 'static {
         cursor: &TailCursor,
         count: usize,
         block: Duration,
-    ) -> Result<(Vec<Entry>, TailCursor), LogError> {
-        let _ = (cursor, count, block);
-        Err(LogError::Other(
-            "tailing is not supported by this event log backend yet".into(),
-        ))
-    }
+    ) -> Result<(Vec<Entry>, TailCursor), LogError>;
 
     /// Entries of one shard from `start` up to and including the id `through`, oldest first, at
     /// most `count`, read without any consumer group: no delivery is recorded and no position
@@ -181,12 +176,7 @@ pub trait EventLog: Send + Sync + 'static {
         start: RangeStart<'_>,
         through: &str,
         count: usize,
-    ) -> Result<Vec<Entry>, LogError> {
-        let _ = (shard, start, through, count);
-        Err(LogError::Other(
-            "range reads are not supported by this event log backend yet".into(),
-        ))
-    }
+    ) -> Result<Vec<Entry>, LogError>;
 }
 
 /// Where [`EventLog::read_range`] starts.

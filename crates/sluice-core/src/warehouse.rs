@@ -60,8 +60,6 @@ pub struct CommitOutcome {
 
 /// Where processed events and rollups live. One `commit_batch` is one transaction: raw events,
 /// rollups and the consumer positions change together or not at all.
-// The query/alert methods have interim defaults (unused parameters) until every backend has them.
-#[allow(unused_variables)]
 #[async_trait]
 pub trait Warehouse: KeyStore {
     /// Store a batch exactly once: dedupe by `(source, event_id)`, insert new events, add them to
@@ -89,18 +87,14 @@ pub trait Warehouse: KeyStore {
         group: &str,
         alerts: &[Alert],
         positions: &[ShardPosition],
-    ) -> Result<u64, StoreError> {
-        Err(unsupported())
-    }
+    ) -> Result<u64, StoreError>;
 
     /// Which of `event_ids` of `source` are stored (verification: `sluice bench --verify`).
     async fn stored_event_ids(
         &self,
         source: &str,
         event_ids: &[String],
-    ) -> Result<Vec<String>, StoreError> {
-        Err(unsupported())
-    }
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Rows in `events` of `source` whose id starts with `prefix`, and how many distinct ids
     /// they have (rows − distinct = duplicates; verification).
@@ -108,9 +102,7 @@ pub trait Warehouse: KeyStore {
         &self,
         source: &str,
         prefix: &str,
-    ) -> Result<(u64, u64), StoreError> {
-        Err(unsupported())
-    }
+    ) -> Result<(u64, u64), StoreError>;
 
     // --- Queries (read key scoped to one source). Time ranges are half-open `[from, to)`. ---
 
@@ -122,9 +114,7 @@ pub trait Warehouse: KeyStore {
         event: Option<&str>,
         range: TimeRange,
         interval: Interval,
-    ) -> Result<Vec<CountPoint>, StoreError> {
-        Err(unsupported())
-    }
+    ) -> Result<Vec<CountPoint>, StoreError>;
 
     /// The most frequent event names over the range, most frequent first.
     async fn top_events(
@@ -132,19 +122,12 @@ pub trait Warehouse: KeyStore {
         source: &str,
         range: TimeRange,
         limit: u32,
-    ) -> Result<Vec<NameCount>, StoreError> {
-        Err(unsupported())
-    }
+    ) -> Result<Vec<NameCount>, StoreError>;
 
     /// Daily active users per day of the range (UTC days overlapping it), and distinct users over
     /// all those days.
-    async fn active_users(
-        &self,
-        source: &str,
-        range: TimeRange,
-    ) -> Result<ActiveUsers, StoreError> {
-        Err(unsupported())
-    }
+    async fn active_users(&self, source: &str, range: TimeRange)
+        -> Result<ActiveUsers, StoreError>;
 
     /// A user's most recent raw events, newest first.
     async fn user_events(
@@ -152,9 +135,7 @@ pub trait Warehouse: KeyStore {
         source: &str,
         user: &UserRef,
         limit: u32,
-    ) -> Result<Vec<crate::Event>, StoreError> {
-        Err(unsupported())
-    }
+    ) -> Result<Vec<crate::Event>, StoreError>;
 
     /// Alerts whose window overlaps the range, newest first.
     async fn alerts(
@@ -162,14 +143,7 @@ pub trait Warehouse: KeyStore {
         source: &str,
         range: TimeRange,
         limit: u32,
-    ) -> Result<Vec<Alert>, StoreError> {
-        Err(unsupported())
-    }
-}
-
-/// Interim default of the query/alert methods until every backend implements them.
-fn unsupported() -> StoreError {
-    StoreError::Other("not supported by this warehouse backend yet".into())
+    ) -> Result<Vec<Alert>, StoreError>;
 }
 
 /// A half-open time range `[from, to)`.

@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use rand::{Rng, SeedableRng};
-use sluice_core::log::{DeadLetter, Entry, EventLog, GroupLag, LogError, Record, StartFrom};
+use sluice_core::log::{
+    DeadLetter, Entry, EventLog, GroupLag, LogError, RangeStart, Record, StartFrom, TailCursor,
+};
 use sluice_core::Event;
 use sluice_store::testing::conformance::{event, Probe};
 use sluice_store::PgWarehouse;
@@ -230,6 +232,23 @@ impl EventLog for LosesAcks {
     }
     async fn ping(&self) -> Result<(), LogError> {
         self.0.ping().await
+    }
+    async fn tail(
+        &self,
+        cursor: &TailCursor,
+        count: usize,
+        block: Duration,
+    ) -> Result<(Vec<Entry>, TailCursor), LogError> {
+        self.0.tail(cursor, count, block).await
+    }
+    async fn read_range(
+        &self,
+        shard: u32,
+        start: RangeStart<'_>,
+        through: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, LogError> {
+        self.0.read_range(shard, start, through, count).await
     }
 }
 
