@@ -1,6 +1,7 @@
 //! sluice-server: the HTTP surface. The axum router for ingest (Segment API, legacy `/track`,
 //! native `/v1/events`), the query API (`/v1/query/…`), authentication, body limits and
-//! decompression, CORS, health (`/healthz`, `/readyz`), and the OpenAPI document
+//! decompression, CORS, health (`/healthz`, `/readyz`), the live WebSocket (`live.rs`), the
+//! dashboard (`dashboard.rs`), Prometheus metrics (`metrics.rs`), and the OpenAPI document
 //! (`/openapi.json`, `openapi.rs`: the documented routes are the router's routes).
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so the binary and the tests
