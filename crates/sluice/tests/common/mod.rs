@@ -419,6 +419,11 @@ impl Pipeline {
             .args(["--log", &self.log_url(), "--store", &self.db.url])
             .args(["--consumer", consumer, "--batch-size", batch_size])
             .args(["--max-wait", "50ms", "--claim-idle", "2s"])
+            // Crash tests kill workers far more often than entries would ever be redelivered in
+            // production: every restart redelivers the read-ahead batches, so the default limit
+            // of 5 deliveries would dead-letter healthy entries. Poison handling is tested on
+            // its own.
+            .args(["--max-deliveries", "1000"])
             .env("SLUICE_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
