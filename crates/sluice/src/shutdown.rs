@@ -1,4 +1,7 @@
-//! Process shutdown: SIGINT/SIGTERM fan out to every task through one watch channel.
+//! Process shutdown: SIGINT/SIGTERM (or a role that failed) fan out to every task through one
+//! watch channel.
+
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -6,6 +9,7 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
+    tx: Arc<watch::Sender<bool>>,
 }
 
 impl Shutdown {
@@ -13,11 +17,18 @@ impl Shutdown {
     pub async fn wait(mut self) {
         let _ = self.rx.wait_for(|stopping| *stopping).await;
     }
+
+    /// Begin shutdown from inside the process (one role failed: stop the others too).
+    pub fn begin(&self) {
+        let _ = self.tx.send(true);
+    }
 }
 
 /// Start listening for SIGINT/SIGTERM; returns the handle tasks wait on.
 pub fn on_signals() -> Shutdown {
     let (tx, rx) = watch::channel(false);
+    let tx = Arc::new(tx);
+    let handle = Shutdown { rx, tx: tx.clone() };
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -42,5 +53,5 @@ pub fn on_signals() -> Shutdown {
         tracing::info!("shutting down");
         let _ = tx.send(true);
     });
-    Shutdown { rx }
+    handle
 }

@@ -231,7 +231,11 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         )))
     };
-    let api = run_api(&args.api, log, store, shutdown, first, live).await;
+    let api = run_api(&args.api, log, store, shutdown.clone(), first, live).await;
+    if api.is_err() {
+        // The API could not start (or failed): stop the workers rather than run headless.
+        shutdown.begin();
+    }
     let worker = worker
         .await
         .map_err(|e| anyhow::anyhow!("warehouse worker panicked: {e}"))?;
