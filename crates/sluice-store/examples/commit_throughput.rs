@@ -1,27 +1,66 @@
-//! Measures `PgWarehouse::commit_batch` throughput on a fresh database:
-//! `cargo run --release -p sluice-store --features testing --example commit_throughput -- [events] [batch] [workers]`
-//! (defaults 400000, 10000, 1). Events look like `sluice bench`'s: several names, thousands of
-//! users, ~300-byte properties.
+//! Measures `Warehouse::commit_batch` throughput on either backend, in a fresh database:
+//! `cargo run --release -p sluice-store --features testing --example commit_throughput --
+//! [postgres|embedded|embedded-normal] [events] [batch] [workers]`
+//! (defaults postgres, 400000, 10000, 1). `embedded` is SQLite with `synchronous = FULL`,
+//! `embedded-normal` with `NORMAL`. Events look like `sluice bench`'s: several names, thousands
+//! of users, ~300-byte properties. Prints one JSON line.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{Duration, Utc};
 use sluice_core::warehouse::{ShardPosition, Warehouse};
 use sluice_store::testing::{conformance, TestDb};
-use sluice_store::PgOptions;
+use sluice_store::{PgOptions, SqliteOptions, SqliteWarehouse, Synchronous};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let total = args.first().copied().unwrap_or(400_000);
-    let batch = args.get(1).copied().unwrap_or(10_000).max(1);
-    let workers = args.get(2).copied().unwrap_or(1).max(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let backend = args
+        .first()
+        .map(String::as_str)
+        .unwrap_or("postgres")
+        .to_string();
+    let number = |i: usize, default: usize| {
+        args.get(i)
+            .and_then(|a| a.parse::<usize>().ok())
+            .unwrap_or(default)
+            .max(1)
+    };
+    let (total, batch, workers) = (number(1, 400_000), number(2, 10_000), number(3, 1));
 
-    let db = TestDb::create().await;
-    let wh = db.warehouse(PgOptions::default()).await;
+    // Kept alive until the end: dropping them removes the database.
+    let mut _db = None;
+    let mut _dir = None;
+    let wh: Arc<dyn Warehouse> = match backend.as_str() {
+        "postgres" => {
+            let db = TestDb::create().await;
+            let wh = db.warehouse(PgOptions::default()).await;
+            _db = Some(db);
+            Arc::new(wh)
+        }
+        "embedded" | "embedded-normal" => {
+            let dir = tempfile::tempdir()?;
+            let synchronous = if backend == "embedded" {
+                Synchronous::Full
+            } else {
+                Synchronous::Normal
+            };
+            let opts = SqliteOptions {
+                synchronous,
+                ..SqliteOptions::default()
+            };
+            let wh = SqliteWarehouse::open(dir.path(), opts).await?;
+            _dir = Some(dir);
+            Arc::new(wh)
+        }
+        other => {
+            return Err(
+                format!("unknown backend {other:?}: postgres, embedded or embedded-normal").into(),
+            )
+        }
+    };
+
     let now = Utc::now();
     let names = [
         "Page Viewed",
@@ -74,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{{\"events\":{total},\"batch\":{batch},\"workers\":{workers},\"inserted\":{inserted},\"seconds\":{secs:.3},\"events_per_sec\":{:.0}}}",
+        "{{\"backend\":\"{backend}\",\"events\":{total},\"batch\":{batch},\"workers\":{workers},\"inserted\":{inserted},\"seconds\":{secs:.3},\"events_per_sec\":{:.0}}}",
         inserted as f64 / secs
     );
     Ok(())
