@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  reader task                                   committer (the caller's task)
-//!  read_new / claim_idle ─▶ decode ─▶ [chan 1] ─▶ processor.process ─▶ ack
+//!  read_new / claim_idle ─▶ processor.decode ─▶ [chan 1] ─▶ processor.process ─▶ ack
 //!         └─ poison, or delivered > max ─▶ dead_letter (with reason, acked)
 //! ```
 //! Reading and decoding the next batch overlaps the commit of the current one; the channel holds
@@ -25,7 +25,6 @@ use async_trait::async_trait;
 use sluice_core::log::{Entry, EventLog, LogError, StartFrom};
 use sluice_core::metrics as names;
 use sluice_core::warehouse::ShardPosition;
-use sluice_core::Event;
 use tokio::sync::{mpsc, watch};
 
 /// How a consumer reads.
@@ -97,30 +96,26 @@ pub enum ProcessError {
 /// A processor: one consumer group, effects committed per batch.
 #[async_trait]
 pub trait Processor: Send + Sync + 'static {
+    /// What one entry decodes to: the whole [`sluice_core::Event`] for the warehouse, only the fields its
+    /// rules read for the fraud processor (decoding is a large part of a consumer's CPU).
+    type Item: Send + Sync + 'static;
+
     /// The consumer group, also the processor's name.
     fn group(&self) -> &str;
 
-    /// Commit the effects of `events` (and the group's `positions`) atomically.
+    /// Decode an entry's payload; an error makes the entry poison (dead-lettered with it).
+    fn decode(&self, payload: &[u8]) -> Result<Self::Item, String>;
+
+    /// Commit the effects of `items` (and the group's `positions`) atomically. `entries` are
+    /// the items' log entries, aligned by index: stateful processors use their ids to recognise
+    /// entries redelivered after their effects were committed.
     async fn process(
         &self,
-        events: &[Event],
+        entries: &[Entry],
+        items: &[Self::Item],
         positions: &[ShardPosition],
         stats: &WorkerStats,
     ) -> Result<(), ProcessError>;
-
-    /// [`Processor::process`] with the log entries of the events (aligned by index). Stateful
-    /// processors override it to recognise entries redelivered after their effects were
-    /// committed (by id, against their own committed positions).
-    async fn process_entries(
-        &self,
-        entries: &[Entry],
-        events: &[Event],
-        positions: &[ShardPosition],
-        stats: &WorkerStats,
-    ) -> Result<(), ProcessError> {
-        let _ = entries;
-        self.process(events, positions, stats).await
-    }
 
     /// Most batches of this processor committing at once, whatever
     /// `ConsumerConfig::commit_concurrency` says. A processor whose state depends on the order of
@@ -130,10 +125,10 @@ pub trait Processor: Send + Sync + 'static {
     }
 }
 
-/// Entries and their decoded events, aligned by index.
-struct Batch {
+/// Entries and their decoded items, aligned by index.
+struct Batch<T> {
     entries: Vec<Entry>,
-    events: Vec<Event>,
+    items: Vec<T>,
 }
 
 /// Ordering key of a log id (unparseable ids sort first).
@@ -238,9 +233,10 @@ impl<P: Processor> Worker<P> {
             }
         }
 
-        let (tx, mut rx) = mpsc::channel::<Batch>(1);
+        let (tx, mut rx) = mpsc::channel::<Batch<P::Item>>(1);
         let reader = {
             let me = Reader {
+                processor: self.processor.clone(),
                 log: self.log.clone(),
                 config: self.config.clone(),
                 group: group.clone(),
@@ -294,8 +290,9 @@ impl<P: Processor> Worker<P> {
         group: &str,
         entries: Vec<Entry>,
         stop: &watch::Receiver<bool>,
-    ) -> Option<Batch> {
+    ) -> Option<Batch<P::Item>> {
         decode_batch(
+            self.processor.as_ref(),
             self.log.as_ref(),
             group,
             entries,
@@ -311,7 +308,7 @@ impl<P: Processor> Worker<P> {
     async fn commit_and_ack(
         &self,
         group: &str,
-        batch: Batch,
+        batch: Batch<P::Item>,
         stop: &watch::Receiver<bool>,
     ) -> bool {
         if batch.entries.is_empty() {
@@ -323,11 +320,11 @@ impl<P: Processor> Worker<P> {
         let mut backoff = Backoff::new(self.config.max_backoff);
         while let Some((lo, hi)) = todo.pop() {
             let entries = &batch.entries[lo..hi];
-            let events = &batch.events[lo..hi];
+            let items = &batch.items[lo..hi];
             let started = Instant::now();
             match self
                 .processor
-                .process_entries(entries, events, &positions(entries), &self.stats)
+                .process(entries, items, &positions(entries), &self.stats)
                 .await
             {
                 Ok(()) => {
@@ -406,18 +403,19 @@ impl<P: Processor> Worker<P> {
     }
 }
 
-/// Split entries into decodable events and poison; dead-letter the poison at once.
-async fn decode_batch(
+/// Split entries into decodable items and poison; dead-letter the poison at once.
+async fn decode_batch<P: Processor>(
+    processor: &P,
     log: &dyn EventLog,
     group: &str,
     entries: Vec<Entry>,
     max_deliveries: u64,
     stats: &WorkerStats,
     stop: &watch::Receiver<bool>,
-) -> Option<Batch> {
+) -> Option<Batch<P::Item>> {
     let mut batch = Batch {
         entries: Vec::with_capacity(entries.len()),
-        events: Vec::with_capacity(entries.len()),
+        items: Vec::with_capacity(entries.len()),
     };
     let mut poison: Vec<(Entry, String)> = Vec::new();
     for entry in entries {
@@ -429,19 +427,16 @@ async fn decode_batch(
             poison.push((entry, reason));
             continue;
         }
-        match Event::from_json(&entry.payload) {
-            Ok(event) => {
-                batch.events.push(event);
+        if entry.payload.is_empty() {
+            poison.push((entry, "entry has no event payload (field `e`)".to_string()));
+            continue;
+        }
+        match processor.decode(&entry.payload) {
+            Ok(item) => {
+                batch.items.push(item);
                 batch.entries.push(entry);
             }
-            Err(e) => {
-                let reason = if entry.payload.is_empty() {
-                    "entry has no event payload (field `e`)".to_string()
-                } else {
-                    format!("payload is not a valid sluice event: {e}")
-                };
-                poison.push((entry, reason));
-            }
+            Err(e) => poison.push((entry, format!("payload is not a valid sluice event: {e}"))),
         }
     }
     if !poison.is_empty() {
@@ -466,15 +461,16 @@ async fn decode_batch(
 }
 
 /// The reading half: fills batches and hands them to the committer.
-struct Reader {
+struct Reader<P> {
+    processor: Arc<P>,
     log: Arc<dyn EventLog>,
     config: ConsumerConfig,
     group: String,
     stats: Arc<WorkerStats>,
 }
 
-impl Reader {
-    async fn run(self, tx: mpsc::Sender<Batch>, stop: watch::Receiver<bool>) {
+impl<P: Processor> Reader<P> {
+    async fn run(self, tx: mpsc::Sender<Batch<P::Item>>, stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut next_claim = Instant::now() + self.config.claim_every;
         let mut next_trim = self.config.trim_every.map(|every| Instant::now() + every);
@@ -521,6 +517,7 @@ impl Reader {
                 continue;
             }
             let Some(batch) = decode_batch(
+                self.processor.as_ref(),
                 self.log.as_ref(),
                 &self.group,
                 entries,

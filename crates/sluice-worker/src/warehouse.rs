@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sluice_core::log::Entry;
 use sluice_core::metrics as names;
 use sluice_core::warehouse::{ShardPosition, Warehouse};
 use sluice_core::Event;
@@ -28,12 +29,19 @@ impl WarehouseProcessor {
 
 #[async_trait]
 impl Processor for WarehouseProcessor {
+    type Item = Event;
+
     fn group(&self) -> &str {
         GROUP
     }
 
+    fn decode(&self, payload: &[u8]) -> Result<Event, String> {
+        Event::from_json(payload).map_err(|e| e.to_string())
+    }
+
     async fn process(
         &self,
+        _entries: &[Entry],
         events: &[Event],
         positions: &[ShardPosition],
         stats: &WorkerStats,

@@ -225,7 +225,7 @@ fn scenario(traffic_n: usize, k: usize, seed: u64) -> (Vec<Event>, Vec<Expect>) 
     let mut got = Vec::new();
     for chunk in events.chunks(1_000) {
         for e in chunk {
-            d.observe(e, Utc::now(), &mut got);
+            d.observe(&e.into(), Utc::now(), &mut got);
         }
         d.maintain();
     }

@@ -32,24 +32,6 @@ use conn::{BlockingPool, Connector, SharedConn};
 use reply::RawEntry;
 use writer::{AppendRequest, WriterSettings, WriterStats};
 
-/// Reads pending-or-new entries across shards with an exact total `count`, in one round trip:
-/// XREADGROUP's COUNT is per stream, so a single multi-stream call could return `count × shards`.
-/// KEYS = shard streams in the order to visit them; ARGV = group, consumer, count, id (`>` or `0`).
-const SWEEP_SCRIPT: &str = r"
-local remaining = tonumber(ARGV[3])
-local out = {}
-for _, key in ipairs(KEYS) do
-  if remaining <= 0 then break end
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', remaining,
-                       'STREAMS', key, ARGV[4])
-  if r and r[1] and #r[1][2] > 0 then
-    remaining = remaining - #r[1][2]
-    out[#out + 1] = r[1]
-  end
-end
-return out
-";
-
 /// Retry-After given with `Overloaded` when the backlog is above the high-water mark.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -79,7 +61,6 @@ pub struct RedisLog {
     stats: Arc<WriterStats>,
     rotation: AtomicUsize,
     trim_lagging_skips: AtomicU64,
-    sweep: redis::Script,
     poller: JoinHandle<()>,
 }
 
@@ -152,7 +133,6 @@ impl RedisLog {
             stats,
             rotation: AtomicUsize::new(0),
             trim_lagging_skips: AtomicU64::new(0),
-            sweep: redis::Script::new(SWEEP_SCRIPT),
             poller,
             config,
         })
@@ -243,24 +223,70 @@ impl RedisLog {
         (live, deleted)
     }
 
-    async fn run_sweep(
+    /// Read pending-or-new entries across shards, up to an exact total `count` (whatever is
+    /// there, never more). XREADGROUP's COUNT is per stream, so each round asks every stream that
+    /// may hold more for an equal share of what is still wanted, in one multi-stream command; a
+    /// stream that returns less than its share is exhausted. An even backlog takes one round trip,
+    /// a skewed one a few. `id` is `>` (new entries) or `0` (own pending; later rounds go on after
+    /// the last id returned). A Lua script doing the same in one call cost Redis ~4× the CPU per
+    /// entry (the replies are converted to Lua tables and back), which a second consumer group
+    /// such as the fraud worker's then took from everything else.
+    async fn sweep(
         &self,
         group: &str,
         consumer: &str,
         count: usize,
         id: &str,
-    ) -> Result<Value, LogError> {
-        let mut invocation = self.sweep.prepare_invoke();
-        for key in self.rotated_keys() {
-            invocation.key(key);
+    ) -> Result<Vec<(String, Vec<RawEntry>)>, LogError> {
+        let mut out = Vec::new();
+        // Streams that may hold more, each with the id to read after.
+        let mut open: Vec<(String, String)> = self
+            .rotated_keys()
+            .into_iter()
+            .map(|k| (k, id.to_owned()))
+            .collect();
+        let mut remaining = count;
+        while remaining > 0 && !open.is_empty() {
+            let asked = open.len().min(remaining);
+            let share = remaining / asked;
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(group)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(share)
+                .arg("STREAMS");
+            for (key, _) in &open[..asked] {
+                cmd.arg(key);
+            }
+            for (_, after) in &open[..asked] {
+                cmd.arg(after);
+            }
+            let reply: Value = self
+                .conn
+                .run("XREADGROUP", |mut c| async move {
+                    cmd.query_async(&mut c).await
+                })
+                .await
+                .map_err(|e| group_error(e, group))?;
+            let mut next: Vec<(String, String)> = open.split_off(asked);
+            for (key, raws) in reply::streams(&reply) {
+                remaining = remaining.saturating_sub(raws.len());
+                if raws.len() >= share {
+                    if let Some(last) = raws.last() {
+                        let after = if id == ">" {
+                            id.to_owned()
+                        } else {
+                            last.id.clone()
+                        };
+                        next.push((key.clone(), after));
+                    }
+                }
+                out.push((key, raws));
+            }
+            open = next;
         }
-        invocation.arg(group).arg(consumer).arg(count).arg(id);
-        self.conn
-            .run("XREADGROUP", |mut c| async move {
-                invocation.invoke_async(&mut c).await
-            })
-            .await
-            .map_err(|e| group_error(e, group))
+        Ok(out)
     }
 
     /// Acknowledge entries that were deleted (trimmed or XDEL'd) while pending: they can never be
@@ -399,8 +425,8 @@ impl EventLog for RedisLog {
             return Ok(Vec::new());
         }
         // First whatever is there, with an exact total count.
-        let reply = self.run_sweep(group, consumer, count, ">").await?;
-        let (entries, _) = self.collect(reply::streams(&reply), 1);
+        let streams = self.sweep(group, consumer, count, ">").await?;
+        let (entries, _) = self.collect(streams, 1);
         if !entries.is_empty() || block.is_zero() {
             return Ok(entries);
         }
@@ -448,8 +474,8 @@ impl EventLog for RedisLog {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let reply = self.run_sweep(group, consumer, count, "0").await?;
-        let (mut entries, deleted) = self.collect(reply::streams(&reply), 1);
+        let streams = self.sweep(group, consumer, count, "0").await?;
+        let (mut entries, deleted) = self.collect(streams, 1);
         self.ack_deleted(group, deleted).await?;
         if entries.is_empty() {
             return Ok(entries);

@@ -29,6 +29,7 @@ macro_rules! conformance_cases {
             lag_reports_undelivered_and_pending,
             tail_reads_new_entries_without_a_group,
             read_range_pages_one_shard_without_a_group,
+            reads_return_exact_counts_over_skewed_shards,
         );
     };
     (@each $f:ident => $fixture:expr, $log:expr; $($case:ident),* $(,)?) => {$(
@@ -265,6 +266,46 @@ pub async fn ack_removes_from_pending(log: &dyn EventLog) {
         .await
         .expect("pending")
         .is_empty());
+}
+
+/// A read returns what is there up to exactly `count`, however unevenly the shards hold it
+/// (one hot shard, a few entries elsewhere), new entries and own pending alike, each shard in
+/// order, nothing twice.
+pub async fn reads_return_exact_counts_over_skewed_shards(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    let mut batch: Vec<Record> = (0..90)
+        .map(|i| record(0, format!(r#"{{"hot":{i}}}"#)))
+        .collect();
+    batch.extend((0..7).map(|i| record(1, format!(r#"{{"cold":{i}}}"#))));
+    log.append(batch).await.expect("append");
+    let mut seen = Vec::new();
+    for want in [40, 40, 40] {
+        let got = log
+            .read_new("g", "c", want, Duration::ZERO)
+            .await
+            .expect("read");
+        seen.extend(got);
+    }
+    assert_eq!(seen.len(), 97, "40 + 40 + the 17 left");
+    let hot: Vec<String> = seen
+        .iter()
+        .filter(|e| e.shard == 0)
+        .map(payload_str)
+        .collect();
+    let expect: Vec<String> = (0..90).map(|i| format!(r#"{{"hot":{i}}}"#)).collect();
+    assert_eq!(hot, expect, "the hot shard in order, each entry once");
+    assert_eq!(seen.iter().filter(|e| e.shard == 1).count(), 7);
+
+    // The same over the consumer's own pending entries (a restart re-reading them in batches).
+    let mut again: Vec<Entry> = Vec::new();
+    let first = log.read_own_pending("g", "c", 50).await.expect("pending");
+    assert_eq!(first.len(), 50);
+    again.extend(first);
+    let rest = log.read_own_pending("g", "c", 200).await.expect("pending");
+    assert_eq!(rest.len(), 97, "pending reads start over until acked");
+    log.ack("g", &again).await.expect("ack");
+    let left = log.read_own_pending("g", "c", 200).await.expect("pending");
+    assert_eq!(left.len(), 47);
 }
 
 /// After a restart, a consumer gets back its unacknowledged entries, delivery count increased.

@@ -46,7 +46,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use sluice_core::warehouse::Alert;
 use sluice_core::Event;
 
@@ -79,6 +81,102 @@ pub struct FraudStats {
     pub redelivered: AtomicU64,
     /// Events re-read from the log to rebuild the windows at start.
     pub rebuilt: AtomicU64,
+}
+
+/// What the rules read of an event: the canonical event's identity, times and subjects, without
+/// its `properties`/`traits`/`integrations` (decoding those into JSON trees is most of the cost of
+/// [`Event::from_json`], and no rule looks at them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    pub event_id: String,
+    pub source: String,
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    /// `context.ip` when it is a string.
+    pub ip: Option<String>,
+    pub timestamp: DateTime<Utc>,
+    pub original_timestamp: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The canonical event's wire format (`docs/log-format.md`), only the fields [`Signal`] keeps;
+/// serde skips the others without building values.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    event_id: String,
+    source: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    anonymous_id: Option<String>,
+    timestamp: DateTime<Utc>,
+    #[serde(default)]
+    original_timestamp: Option<DateTime<Utc>>,
+    #[serde(default)]
+    sent_at: Option<DateTime<Utc>>,
+    received_at: DateTime<Utc>,
+    #[serde(default, borrow)]
+    context: Option<WireContext<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireContext<'a> {
+    /// Raw, so that a non-string `ip` from a foreign producer is ignored rather than an error.
+    #[serde(default, borrow)]
+    ip: Option<&'a RawValue>,
+}
+
+impl Signal {
+    /// Decode a log entry's payload (the canonical event JSON).
+    pub fn from_json(bytes: &[u8]) -> Result<Signal, serde_json::Error> {
+        let w: Wire<'_> = serde_json::from_slice(bytes)?;
+        let ip = w
+            .context
+            .and_then(|c| c.ip)
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+        Ok(Signal {
+            event_id: w.event_id,
+            source: w.source,
+            name: w.name,
+            user_id: w.user_id,
+            anonymous_id: w.anonymous_id,
+            ip,
+            timestamp: w.timestamp,
+            original_timestamp: w.original_timestamp,
+            sent_at: w.sent_at,
+            received_at: w.received_at,
+        })
+    }
+
+    /// `user_id`, else `anonymous_id` (as [`Event::user_key`]).
+    pub fn user_key(&self) -> Option<&str> {
+        self.user_id.as_deref().or(self.anonymous_id.as_deref())
+    }
+
+    pub fn ip(&self) -> Option<&str> {
+        self.ip.as_deref()
+    }
+}
+
+impl From<&Event> for Signal {
+    fn from(e: &Event) -> Signal {
+        Signal {
+            event_id: e.event_id.clone(),
+            source: e.source.clone(),
+            name: e.name.clone(),
+            user_id: e.user_id.clone(),
+            anonymous_id: e.anonymous_id.clone(),
+            ip: e.ip().map(str::to_owned),
+            timestamp: e.timestamp,
+            original_timestamp: e.original_timestamp,
+            sent_at: e.sent_at,
+            received_at: e.received_at,
+        }
+    }
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -385,12 +483,12 @@ impl Detector {
     }
 
     /// Evaluate one event: update its windows and push the alerts it raises.
-    pub fn observe(&mut self, event: &Event, now: DateTime<Utc>, out: &mut Vec<Alert>) {
+    pub fn observe(&mut self, event: &Signal, now: DateTime<Utc>, out: &mut Vec<Alert>) {
         self.apply(event, Some((now, out)));
     }
 
     /// Put an event into its windows without evaluating any rule (rebuild at start).
-    pub fn replay(&mut self, event: &Event) {
+    pub fn replay(&mut self, event: &Signal) {
         self.apply(event, None);
     }
 
@@ -436,7 +534,7 @@ impl Detector {
             .store(self.subjects() as u64, Ordering::Relaxed);
     }
 
-    fn apply(&mut self, e: &Event, mut eval: Option<(DateTime<Utc>, &mut Vec<Alert>)>) {
+    fn apply(&mut self, e: &Signal, mut eval: Option<(DateTime<Utc>, &mut Vec<Alert>)>) {
         self.tick += 1;
         self.since_sweep += 1;
         let tick = self.tick;
@@ -646,7 +744,7 @@ fn window_us(secs: u64) -> i64 {
 }
 
 /// Which `clock_skew` check an event fails, and by how much (µs, positive = future).
-pub fn skew_of(e: &Event, config: &FraudConfig) -> Option<(&'static str, i64)> {
+pub fn skew_of(e: &Signal, config: &FraudConfig) -> Option<(&'static str, i64)> {
     let rule = &config.clock_skew;
     let past = window_us(rule.max_past_secs);
     let future = window_us(rule.max_future_secs);
@@ -664,7 +762,7 @@ pub fn skew_of(e: &Event, config: &FraudConfig) -> Option<(&'static str, i64)> {
 }
 
 fn alert(
-    e: &Event,
+    e: &Signal,
     rule: &str,
     subject: &str,
     f: Fired,

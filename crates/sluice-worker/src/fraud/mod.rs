@@ -50,12 +50,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sluice_core::log::{Entry, EventLog, LogError, RangeStart};
 use sluice_core::warehouse::{ShardPosition, TimeRange, Warehouse};
-use sluice_core::Event;
 
 use crate::runtime::{ProcessError, Processor, WorkerStats};
 
 pub use config::FraudConfig;
-pub use detector::{Detector, FraudStats};
+pub use detector::{Detector, FraudStats, Signal};
 
 /// Called with each alert after its commit (live push). Must not block.
 pub type AlertHook = Arc<dyn Fn(sluice_core::warehouse::Alert) + Send + Sync>;
@@ -180,7 +179,7 @@ impl FraudProcessor {
                 };
                 let full = page.len() == REBUILD_PAGE;
                 for entry in &page {
-                    if let Ok(event) = Event::from_json(&entry.payload) {
+                    if let Ok(event) = Signal::from_json(&entry.payload) {
                         st.detector.replay(&event);
                         replayed += 1;
                     }
@@ -245,8 +244,14 @@ fn parse_id(id: &str) -> Option<(u64, u64)> {
 
 #[async_trait]
 impl Processor for FraudProcessor {
+    type Item = Signal;
+
     fn group(&self) -> &str {
         GROUP
+    }
+
+    fn decode(&self, payload: &[u8]) -> Result<Signal, String> {
+        Signal::from_json(payload).map_err(|e| e.to_string())
     }
 
     fn max_commit_concurrency(&self) -> usize {
@@ -255,19 +260,8 @@ impl Processor for FraudProcessor {
 
     async fn process(
         &self,
-        _events: &[Event],
-        _positions: &[ShardPosition],
-        _stats: &WorkerStats,
-    ) -> Result<(), ProcessError> {
-        Err(ProcessError::Retryable(
-            "the fraud processor needs the entries (process_entries)".into(),
-        ))
-    }
-
-    async fn process_entries(
-        &self,
         entries: &[Entry],
-        events: &[Event],
+        events: &[Signal],
         positions: &[ShardPosition],
         stats: &WorkerStats,
     ) -> Result<(), ProcessError> {

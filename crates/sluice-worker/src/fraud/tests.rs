@@ -10,7 +10,7 @@ use sluice_core::warehouse::Alert;
 use sluice_core::{Event, EventKind};
 
 use super::config::FraudConfig;
-use super::detector::{Detector, FraudStats};
+use super::detector::{Detector, FraudStats, Signal};
 
 const SOURCE: &str = "src";
 
@@ -54,7 +54,7 @@ fn detector(config: FraudConfig) -> Detector {
 fn run(d: &mut Detector, events: &[Event]) -> Vec<Alert> {
     let mut out = Vec::new();
     for e in events {
-        d.observe(e, base(), &mut out);
+        d.observe(&e.into(), base(), &mut out);
         d.maintain();
     }
     out
@@ -323,7 +323,7 @@ fn restart_at_any_point_raises_the_same_alerts_exactly_once() {
         let before = run(&mut first, &events[..cut]);
         let mut second = detector(config.clone());
         for e in &events[..cut] {
-            second.replay(e);
+            second.replay(&e.into());
         }
         second.maintain();
         for a in &before {
@@ -355,7 +355,7 @@ fn two_restarts_raise_the_same_alerts() {
     for w in cuts.windows(2) {
         let mut d = detector(config.clone());
         for e in &events[..w[0]] {
-            d.replay(e);
+            d.replay(&e.into());
         }
         for a in &committed {
             d.seed(a);
@@ -429,13 +429,13 @@ fn memory_stays_within_max_subjects() {
         for i in 0..200 {
             let n = batch * 200 + i;
             d.observe(
-                &ev(
+                &Signal::from(&ev(
                     &format!("e{n}"),
                     &format!("u{n}"),
                     "view",
                     Some("203.0.113.1"),
                     n,
-                ),
+                )),
                 base(),
                 &mut out,
             );
@@ -459,7 +459,13 @@ fn idle_subjects_expire() {
     // 300,000 users once each over 3 hours of server time: only the recent ones stay.
     for n in 0..300_000i64 {
         d.observe(
-            &ev(&format!("e{n}"), &format!("u{n}"), "view", None, n * 36),
+            &Signal::from(&ev(
+                &format!("e{n}"),
+                &format!("u{n}"),
+                "view",
+                None,
+                n * 36,
+            )),
             base(),
             &mut out,
         );
@@ -468,4 +474,29 @@ fn idle_subjects_expire() {
     assert!(stats.expired.load(Ordering::Relaxed) > 200_000);
     assert_eq!(stats.evicted.load(Ordering::Relaxed), 0);
     assert!(d.subjects() < 300_000);
+}
+
+#[test]
+fn signal_decodes_what_the_rules_read_from_the_canonical_json() {
+    let mut e = ev("m-1", "u-1", "login_failed", Some("203.0.113.9"), 1_500);
+    e.anonymous_id = Some("anon-1".into());
+    e.sent_at = Some(base() + chrono::Duration::seconds(3));
+    e.properties
+        .insert("nested".into(), serde_json::json!({"a": [1, {"b": "c"}]}));
+    e.context
+        .insert("library".into(), serde_json::json!({"name": "x"}));
+    let decoded = Signal::from_json(&e.to_json()).expect("decodes");
+    assert_eq!(decoded, Signal::from(&e));
+    assert_eq!(decoded.user_key(), Some("u-1"));
+    assert_eq!(decoded.ip(), Some("203.0.113.9"));
+
+    // A foreign producer's non-string `context.ip` is no IP, not an undecodable entry.
+    e.context.insert("ip".into(), serde_json::json!(12345));
+    let decoded = Signal::from_json(&e.to_json()).expect("decodes");
+    assert_eq!(decoded.ip(), None);
+    assert_eq!(e.ip(), None);
+
+    // What the warehouse would dead-letter as not an event, the fraud group does too.
+    assert!(Signal::from_json(br#"{"source":"s"}"#).is_err());
+    assert!(Signal::from_json(b"not json").is_err());
 }
