@@ -62,6 +62,7 @@ for mode in "${MODES[@]}"; do
   done
   fresh_db drainbench
   $B migrate --store "$PGBASE/drainbench" >/dev/null
+  [ -n "${PGSETUP:-}" ] && psql -q -h 127.0.0.1 -U postgres -d drainbench -c "$PGSETUP"
   pids=()
   start=$(date +%s.%N)
   if [ "$mode" != fraud-only ]; then

@@ -1,12 +1,12 @@
 //! The consumer runtime shared by every processor.
 //!
 //! ```text
-//!  reader task                                   committer (the caller's task)
-//!  read_new / claim_idle ─▶ processor.decode ─▶ [chan 1] ─▶ processor.process ─▶ ack
-//!         └─ poison, or delivered > max ─▶ dead_letter (with reason, acked)
+//!  reader task               decoder task                      committer (the caller's task)
+//!  read_new / claim_idle ─▶ [chan 1] ─▶ processor.decode ─▶ [chan 1] ─▶ processor.process ─▶ ack
+//!                                  └─ poison, or delivered > max ─▶ dead_letter (reason, acked)
 //! ```
-//! Reading and decoding the next batch overlaps the commit of the current one; the channel holds
-//! one batch, so memory is bounded by ~3 batches whatever the backlog. An entry is acknowledged
+//! Reading the next batch, decoding the one before and committing the one before that overlap;
+//! each channel holds one batch, so memory is bounded by a few batches whatever the backlog. An entry is acknowledged
 //! only after the processor committed its effects; a crash anywhere before the ack means
 //! redelivery, which processors make harmless (the warehouse dedupes inside its transaction).
 //!
@@ -233,17 +233,45 @@ impl<P: Processor> Worker<P> {
             }
         }
 
+        // Reading, decoding and committing are three stages, each one batch ahead of the next,
+        // so the log's round trips, the decoding and the commits overlap on separate cores.
+        let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<Entry>>(1);
         let (tx, mut rx) = mpsc::channel::<Batch<P::Item>>(1);
         let reader = {
             let me = Reader {
-                processor: self.processor.clone(),
                 log: self.log.clone(),
                 config: self.config.clone(),
                 group: group.clone(),
                 stats: self.stats.clone(),
             };
             let stop = stop_rx.clone();
-            tokio::spawn(async move { me.run(tx, stop).await })
+            tokio::spawn(async move { me.run(raw_tx, stop).await })
+        };
+        let decoder = {
+            let (processor, log, stats) =
+                (self.processor.clone(), self.log.clone(), self.stats.clone());
+            let (group, max_deliveries, stop) =
+                (group.clone(), self.config.max_deliveries, stop_rx.clone());
+            tokio::spawn(async move {
+                while let Some(entries) = raw_rx.recv().await {
+                    let Some(batch) = decode_batch(
+                        processor.as_ref(),
+                        log.as_ref(),
+                        &group,
+                        entries,
+                        max_deliveries,
+                        &stats,
+                        &stop,
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    if !batch.entries.is_empty() && tx.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+            })
         };
         // Up to `commit_concurrency` batches commit at once (each on its own warehouse
         // connection); each is acknowledged as soon as its own commit is done.
@@ -280,6 +308,7 @@ impl<P: Processor> Worker<P> {
         // Finish (or, on shutdown, abandon at the next retry) what is in flight.
         while inflight.join_next().await.is_some() {}
         drop(rx);
+        let _ = decoder.await;
         let _ = reader.await;
         tracing::info!(%group, consumer = %me.config.consumer, "worker stopped");
         Ok(())
@@ -460,17 +489,16 @@ async fn decode_batch<P: Processor>(
     Some(batch)
 }
 
-/// The reading half: fills batches and hands them to the committer.
-struct Reader<P> {
-    processor: Arc<P>,
+/// The reading stage: fills batches and hands them to the decoder.
+struct Reader {
     log: Arc<dyn EventLog>,
     config: ConsumerConfig,
     group: String,
     stats: Arc<WorkerStats>,
 }
 
-impl<P: Processor> Reader<P> {
-    async fn run(self, tx: mpsc::Sender<Batch<P::Item>>, stop: watch::Receiver<bool>) {
+impl Reader {
+    async fn run(self, tx: mpsc::Sender<Vec<Entry>>, stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut next_claim = Instant::now() + self.config.claim_every;
         let mut next_trim = self.config.trim_every.map(|every| Instant::now() + every);
@@ -516,23 +544,7 @@ impl<P: Processor> Reader<P> {
             if entries.is_empty() {
                 continue;
             }
-            let Some(batch) = decode_batch(
-                self.processor.as_ref(),
-                self.log.as_ref(),
-                &self.group,
-                entries,
-                self.config.max_deliveries,
-                &self.stats,
-                &stop,
-            )
-            .await
-            else {
-                return;
-            };
-            if batch.entries.is_empty() {
-                continue;
-            }
-            if tx.send(batch).await.is_err() {
+            if tx.send(entries).await.is_err() {
                 return;
             }
         }

@@ -42,6 +42,7 @@
 //! `FraudStats::evicted`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -179,6 +180,10 @@ impl From<&Event> for Signal {
     }
 }
 
+/// Hash maps of subjects: foldhash (randomly seeded per process) instead of SipHash; several
+/// lookups per event make the hasher a visible share of the processor's CPU.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -205,8 +210,8 @@ trait SubjectState {
 /// The events of one subject within its window (`user_rate`, `name_burst`).
 #[derive(Debug)]
 struct Burst {
-    /// `(time µs, event id)`, sorted by time.
-    events: VecDeque<(i64, Box<str>)>,
+    /// `(time µs, event id)`, sorted by time. The id is shared with the event's other windows.
+    events: VecDeque<(i64, Arc<str>)>,
     newest: i64,
     cooldown_until: i64,
     last_received: i64,
@@ -236,7 +241,7 @@ impl Burst {
     fn add(
         &mut self,
         ts: i64,
-        id: &str,
+        id: &Arc<str>,
         w: i64,
         n: usize,
         evaluate: bool,
@@ -251,8 +256,13 @@ impl Burst {
             stats.late.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let at = self.events.partition_point(|(t, _)| *t <= ts);
-        self.events.insert(at, (ts, id.into()));
+        // Events mostly arrive in time order: append, else insert in place.
+        if self.events.back().is_none_or(|(t, _)| *t <= ts) {
+            self.events.push_back((ts, id.clone()));
+        } else {
+            let at = self.events.partition_point(|(t, _)| *t <= ts);
+            self.events.insert(at, (ts, id.clone()));
+        }
         self.newest = self.newest.max(ts);
         let floor = self.newest.saturating_sub(w);
         while self
@@ -268,8 +278,8 @@ impl Burst {
             let fired = Fired {
                 start,
                 count: self.events.len() as u64,
-                first_id: first.into(),
-                last_id: last.into(),
+                first_id: first.to_string(),
+                last_id: last.to_string(),
             };
             self.cooldown_until = start.saturating_add(w);
             self.events.clear();
@@ -296,7 +306,7 @@ impl SubjectState for Burst {
 /// The distinct users of one IP within its window: `(user, latest time µs, its event id)`.
 #[derive(Debug)]
 struct Crowd {
-    users: Vec<(Box<str>, i64, Box<str>)>,
+    users: Vec<(Box<str>, i64, Arc<str>)>,
     newest: i64,
     cooldown_until: i64,
     last_received: i64,
@@ -319,7 +329,7 @@ impl Crowd {
         &mut self,
         ts: i64,
         user: &str,
-        id: &str,
+        id: &Arc<str>,
         w: i64,
         n: usize,
         evaluate: bool,
@@ -337,10 +347,10 @@ impl Crowd {
             Some(seen) => {
                 if ts >= seen.1 {
                     seen.1 = ts;
-                    seen.2 = id.into();
+                    seen.2 = id.clone();
                 }
             }
-            None => self.users.push((user.into(), ts, id.into())),
+            None => self.users.push((user.into(), ts, id.clone())),
         }
         self.newest = self.newest.max(ts);
         let floor = self.newest.saturating_sub(w);
@@ -397,21 +407,21 @@ impl SubjectState for Skew {
 /// Subjects of one rule, by source then subject (lookups by `&str`, no allocation).
 #[derive(Debug)]
 struct Subjects<S> {
-    by_source: HashMap<Box<str>, HashMap<Box<str>, S>>,
+    by_source: Map<Box<str>, Map<Box<str>, S>>,
     len: usize,
 }
 
 impl<S: SubjectState> Subjects<S> {
     fn new() -> Subjects<S> {
         Subjects {
-            by_source: HashMap::new(),
+            by_source: Map::default(),
             len: 0,
         }
     }
 
     fn get_or_insert(&mut self, source: &str, subject: &str, new: impl FnOnce() -> S) -> &mut S {
         if !self.by_source.contains_key(source) {
-            self.by_source.insert(source.into(), HashMap::new());
+            self.by_source.insert(source.into(), Map::default());
         }
         let map = self.by_source.get_mut(source).expect("inserted just above");
         if !map.contains_key(subject) {
@@ -428,7 +438,7 @@ impl<S: SubjectState> Subjects<S> {
             map.retain(|_, s| keep(s));
         }
         self.by_source.retain(|_, m| !m.is_empty());
-        self.len = self.by_source.values().map(HashMap::len).sum();
+        self.len = self.by_source.values().map(Map::len).sum();
         before - self.len
     }
 
@@ -452,6 +462,8 @@ pub struct Detector {
     /// Newest `received_at` seen (µs): the server-time clock idle subjects are measured by.
     watermark: i64,
     since_sweep: u64,
+    /// Reused buffer for `name_burst` subjects.
+    scratch: String,
     stats: Arc<FraudStats>,
 }
 
@@ -469,6 +481,7 @@ impl Detector {
             tick: 0,
             watermark: i64::MIN,
             since_sweep: 0,
+            scratch: String::new(),
             stats,
         }
     }
@@ -544,6 +557,7 @@ impl Detector {
         let evaluate = eval.is_some();
         let user = e.user_key();
         let stats = self.stats.clone();
+        let id: Arc<str> = Arc::from(e.event_id.as_str());
 
         if let (true, Some(user)) = (self.config.user_rate.enabled, user) {
             let rule = &self.config.user_rate;
@@ -552,7 +566,7 @@ impl Detector {
             state.last_received = state.last_received.max(received);
             let fired = state.add(
                 ts,
-                &e.event_id,
+                &id,
                 window_us(rule.window_secs),
                 rule.threshold as usize,
                 evaluate,
@@ -579,7 +593,10 @@ impl Detector {
         {
             if self.names.is_empty() || self.names.contains(name) {
                 let rule = &self.config.name_burst;
-                let subject = format!("{user}/{name}");
+                // The subject `user/name`, built in a reused buffer (no allocation per event).
+                let mut subject = std::mem::take(&mut self.scratch);
+                subject.clear();
+                let _ = write!(subject, "{user}/{name}");
                 let state = self
                     .name_burst
                     .get_or_insert(&e.source, &subject, Burst::new);
@@ -587,7 +604,7 @@ impl Detector {
                 state.last_received = state.last_received.max(received);
                 let fired = state.add(
                     ts,
-                    &e.event_id,
+                    &id,
                     window_us(rule.window_secs),
                     rule.threshold as usize,
                     evaluate,
@@ -609,6 +626,7 @@ impl Detector {
                         }),
                     ));
                 }
+                self.scratch = subject;
             }
         }
 
@@ -622,7 +640,7 @@ impl Detector {
             let fired = state.add(
                 ts,
                 user,
-                &e.event_id,
+                &id,
                 window_us(rule.window_secs),
                 rule.threshold as usize,
                 evaluate,

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Embedded mode end to end (docs/benchmarks.md, issue 4): `sluice serve` with no services on a
+# fresh data directory, `sluice bench --verify` at a target rate, serve's RSS sampled.
+# Usage: scripts/bench/embedded.sh RATE [DURATION] [extra serve flags...]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+B=${B:-target/release/sluice}
+RATE=${1:?rate}
+DUR=${2:-60s}
+shift 2 || shift $#
+PORT=18094
+DATA=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; cp "$DATA"/serve.log /tmp/embedded-serve.log 2>/dev/null; rm -rf "$DATA"' EXIT
+$B serve --listen 127.0.0.1:$PORT --data-dir "$DATA/d" "$@" >"$DATA/serve.log" 2>&1 &
+SERVE=$!
+for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+KEY=$(grep -oE 'write key[^A-Za-z0-9]*[A-Za-z0-9_]+' "$DATA/serve.log" | head -1 | grep -oE '[A-Za-z0-9_]+$')
+[ -n "$KEY" ] || { echo "no write key in serve's output:"; cat "$DATA/serve.log"; exit 1; }
+peak=0
+( while kill -0 $SERVE 2>/dev/null; do
+    r=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$SERVE/status 2>/dev/null || echo 0)
+    echo "$r"; sleep 0.5
+  done ) > "$DATA/rss" &
+$B bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
+  --concurrency 50 --duration "$DUR" --verify --store "embedded:$DATA/d" | tee "$DATA/bench.json"
+echo "serve RSS peak: $(sort -n "$DATA/rss" | tail -1) MB, last: $(tail -1 "$DATA/rss") MB"
