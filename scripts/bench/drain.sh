@@ -15,6 +15,8 @@ PREFIX=drainbench
 LOG="redis://127.0.0.1:6379/0?prefix=$PREFIX"
 PGBASE=postgres://postgres@127.0.0.1:5432
 PORT=18093
+FRAUD_PREFIX=${FRAUD_PREFIX:-}   # e.g. "nice -n 19"
+FRAUD_FLAGS=${FRAUD_FLAGS:-}     # extra flags for the fraud worker
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; cp "$WORK"/*.log /tmp/ 2>/dev/null; rm -rf "$WORK"' EXIT
 
@@ -64,6 +66,7 @@ for mode in "${MODES[@]}"; do
   $B migrate --store "$PGBASE/drainbench" >/dev/null
   [ -n "${PGSETUP:-}" ] && psql -q -h 127.0.0.1 -U postgres -d drainbench -c "$PGSETUP"
   pids=()
+  redis_cpu0=$(redis-cli INFO cpu | awk -F: '/used_cpu_(user|sys):/ {s+=$2} END {print s}')
   start=$(date +%s.%N)
   if [ "$mode" != fraud-only ]; then
     $B worker --processor warehouse --log "$LOG" --trim-keep 24h --store "$PGBASE/drainbench" \
@@ -71,8 +74,8 @@ for mode in "${MODES[@]}"; do
     pids+=($!); watch_group=warehouse
   fi
   if [ "$mode" != alone ]; then
-    $B worker --processor fraud --log "$LOG" --trim-keep 24h --store "$PGBASE/drainbench" \
-      --consumer f1 >"$WORK/f.log" 2>&1 &
+    $FRAUD_PREFIX $B worker --processor fraud --log "$LOG" --trim-keep 24h \
+      --store "$PGBASE/drainbench" --consumer f1 $FRAUD_FLAGS >"$WORK/f.log" 2>&1 &
     pids+=($!)
     [ "$mode" = fraud-only ] && watch_group=fraud
   fi
@@ -84,8 +87,14 @@ for mode in "${MODES[@]}"; do
     sleep 0.25
   done
   end=$(date +%s.%N)
-  for p in "${pids[@]}"; do peak+=("$(rss_mb "$p")MB"); kill "$p"; done
+  cpu=()
+  for p in "${pids[@]}"; do
+    peak+=("$(rss_mb "$p")MB")
+    cpu+=("$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1fs", ($14+$15)/hz}' "/proc/$p/stat")")
+    kill "$p"
+  done
+  redis_cpu=$(redis-cli INFO cpu | awk -F: '/used_cpu_(user|sys):/ {s+=$2} END {print s}')
   wait "${pids[@]}" 2>/dev/null || true
-  python3 -c "s=$end-$start; print(f'$mode: {$EVENTS} events in {s:.1f} s = {$EVENTS/s:,.0f} events/s; peak RSS ${peak[*]}')"
+  python3 -c "s=$end-$start; print(f'$mode: {$EVENTS} events in {s:.1f} s = {$EVENTS/s:,.0f} events/s; peak RSS ${peak[*]}; CPU ${cpu[*]}; Redis CPU {$redis_cpu-$redis_cpu0:.1f}s')"
 done
 clean_redis

@@ -23,4 +23,5 @@ peak=0
   done ) > "$DATA/rss" &
 $B bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
   --concurrency 50 --duration "$DUR" --verify --store "embedded:$DATA/d" | tee "$DATA/bench.json"
+grep -E "^(Rss|Anonymous|AnonHugePages|Shared_Clean|Private_Clean)" /proc/$SERVE/smaps_rollup | tr -s ' ' | paste -sd' '
 echo "serve RSS peak: $(sort -n "$DATA/rss" | tail -1) MB, last: $(tail -1 "$DATA/rss") MB"

@@ -114,6 +114,23 @@ pub trait EventLog: Send + Sync + 'static {
         block: Duration,
     ) -> Result<Vec<Entry>, LogError>;
 
+    /// [`EventLog::read_new`] without recording the entries as pending (Redis `XREADGROUP …
+    /// NOACK`): the log never redelivers them and they need no acknowledgement. For a processor
+    /// that commits its own positions with its effects and, at start, rewinds the group to them
+    /// ([`EventLog::rewind_group`]): it saves the log the pending bookkeeping and the acks, most
+    /// of what a reader costs Redis.
+    async fn read_new_unacked(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, LogError>;
+
+    /// Set the group's cursor on each given shard `(shard, last id)`: the next reads deliver the
+    /// entries after that id. Pending entries are left as they are.
+    async fn rewind_group(&self, group: &str, positions: &[(u32, String)]) -> Result<(), LogError>;
+
     /// Entries delivered earlier to this same consumer and not acknowledged (after a restart).
     async fn read_own_pending(
         &self,

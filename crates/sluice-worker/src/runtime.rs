@@ -14,6 +14,10 @@
 //! name resumes at once); entries of dead consumers are claimed once idle for `claim_idle`.
 //! A batch the processor rejects as invalid (not a transient failure) is split in halves until
 //! the offending entries are isolated and dead-lettered, so one bad event never stops the rest.
+//!
+//! A processor that commits its own positions (`Processor::keeps_own_positions`, the fraud
+//! processor) skips the pending machinery: it reads without acknowledgements, claims and acks
+//! nothing, and rewinds the group to its committed positions in `Processor::prepare`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -123,6 +127,20 @@ pub trait Processor: Send + Sync + 'static {
     fn max_commit_concurrency(&self) -> usize {
         usize::MAX
     }
+
+    /// Whether the processor's committed positions, not the log's pending entries, say what it
+    /// has processed. Such a processor reads without acknowledgements
+    /// ([`EventLog::read_new_unacked`]) and, in [`Processor::prepare`], rewinds the group to its
+    /// committed positions, so whatever was read but not committed before a crash is read again.
+    fn keeps_own_positions(&self) -> bool {
+        false
+    }
+
+    /// Called once before the first read (after the group exists); a failure is retried.
+    async fn prepare(&self, config: &ConsumerConfig) -> Result<(), ProcessError> {
+        let _ = config;
+        Ok(())
+    }
 }
 
 /// Entries and their decoded items, aligned by index.
@@ -199,11 +217,23 @@ impl<P: Processor> Worker<P> {
                 Err(e) => return Err(e),
             }
         }
-        tracing::info!(%group, consumer = %self.config.consumer, "worker started");
+        loop {
+            match self.processor.prepare(&self.config).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "preparing the processor failed; retrying");
+                    if backoff.wait(&stop_rx).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let unacked = self.processor.keeps_own_positions();
+        tracing::info!(%group, consumer = %self.config.consumer, unacked, "worker started");
 
         // Own pending entries first, one batch at a time (they are re-read from the start of the
         // pending list until acknowledged, so no read-ahead here).
-        loop {
+        while !unacked {
             if *stop_rx.borrow() {
                 return Ok(());
             }
@@ -239,6 +269,7 @@ impl<P: Processor> Worker<P> {
         let (tx, mut rx) = mpsc::channel::<Batch<P::Item>>(1);
         let reader = {
             let me = Reader {
+                unacked,
                 log: self.log.clone(),
                 config: self.config.clone(),
                 group: group.clone(),
@@ -416,6 +447,9 @@ impl<P: Processor> Worker<P> {
             self.stats.dead_letters.fetch_add(n, Ordering::Relaxed);
             metrics::counter!(names::DEAD_LETTERS_TOTAL, "group" => group.to_owned()).increment(n);
         }
+        if self.processor.keeps_own_positions() {
+            return true;
+        }
         loop {
             match self.log.ack(group, &batch.entries).await {
                 Ok(()) => return true,
@@ -491,6 +525,8 @@ async fn decode_batch<P: Processor>(
 
 /// The reading stage: fills batches and hands them to the decoder.
 struct Reader {
+    /// Read without acknowledgements, and never claim (`Processor::keeps_own_positions`).
+    unacked: bool,
     log: Arc<dyn EventLog>,
     config: ConsumerConfig,
     group: String,
@@ -515,7 +551,7 @@ impl Reader {
                     next_trim = self.config.trim_every.map(|every| now + every);
                 }
             }
-            let entries = if now >= next_claim {
+            let entries = if now >= next_claim && !self.unacked {
                 next_claim = now + self.config.claim_every;
                 self.log
                     .claim_idle(&self.group, &self.config.consumer, self.config.claim_idle, self.config.batch_size)
@@ -550,18 +586,21 @@ impl Reader {
         }
     }
 
+    async fn read(&self, count: usize, block: Duration) -> Result<Vec<Entry>, LogError> {
+        let (group, consumer) = (&self.group, &self.config.consumer);
+        if self.unacked {
+            self.log
+                .read_new_unacked(group, consumer, count, block)
+                .await
+        } else {
+            self.log.read_new(group, consumer, count, block).await
+        }
+    }
+
     /// Read up to `batch_size` new entries, waiting at most `max_wait` once the first arrived.
     async fn fill(&self) -> Result<Vec<Entry>, LogError> {
         let size = self.config.batch_size;
-        let mut entries = self
-            .log
-            .read_new(
-                &self.group,
-                &self.config.consumer,
-                size,
-                self.config.max_wait,
-            )
-            .await?;
+        let mut entries = self.read(size, self.config.max_wait).await?;
         if entries.is_empty() {
             return Ok(entries);
         }
@@ -571,15 +610,7 @@ impl Reader {
             if left.is_zero() {
                 break;
             }
-            let more = self
-                .log
-                .read_new(
-                    &self.group,
-                    &self.config.consumer,
-                    size - entries.len(),
-                    left,
-                )
-                .await?;
+            let more = self.read(size - entries.len(), left).await?;
             if more.is_empty() {
                 break;
             }

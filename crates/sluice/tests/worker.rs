@@ -195,6 +195,18 @@ impl EventLog for LosesAcks {
     ) -> Result<Vec<Entry>, LogError> {
         self.0.read_new(group, consumer, count, block).await
     }
+    async fn read_new_unacked(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, LogError> {
+        self.0.read_new_unacked(group, consumer, count, block).await
+    }
+    async fn rewind_group(&self, group: &str, positions: &[(u32, String)]) -> Result<(), LogError> {
+        self.0.rewind_group(group, positions).await
+    }
     async fn read_own_pending(
         &self,
         group: &str,
@@ -393,7 +405,14 @@ async fn postgres_connections_dropped_mid_run() {
             .await
             .expect("terminate");
         terminated += row.get::<_, i64>(0);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Let the worker reconnect and commit a batch before the next cut (a fixed pause can be
+        // shorter than one commit on a slow machine, and then nothing would ever commit).
+        let cut_at = Instant::now();
+        while env.probe.events_count(SOURCE).await.expect("count") <= stored
+            && cut_at.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     env.wait_drained(N as i64, Duration::from_secs(60)).await;
     let _ = stop.send(());

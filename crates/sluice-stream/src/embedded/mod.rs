@@ -172,6 +172,43 @@ impl Drop for EmbeddedLog {
     }
 }
 
+impl EmbeddedLog {
+    /// `read_new`, recording the entries as pending or not.
+    async fn read_new_mode(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+        record_pending: bool,
+    ) -> Result<Vec<Entry>, LogError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            // Register for the wake-up before looking, so an append landing in between is not
+            // missed.
+            let appended = self.store.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+
+            let first_shard = (self.rotation.fetch_add(1, Ordering::Relaxed)
+                % self.config.shards as usize) as u32;
+            let (g, c) = (group.to_owned(), consumer.to_owned());
+            let entries = self
+                .blocking(move |s| s.read_new(&g, &c, count, first_shard, record_pending))
+                .await?;
+            if !entries.is_empty() || block.is_zero() {
+                return Ok(entries);
+            }
+            if tokio::time::timeout_at(deadline, appended).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl EventLog for EmbeddedLog {
     fn shards(&self) -> u32 {
@@ -226,30 +263,24 @@ impl EventLog for EmbeddedLog {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Entry>, LogError> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let deadline = tokio::time::Instant::now() + block;
-        loop {
-            // Register for the wake-up before looking, so an append landing in between is not
-            // missed.
-            let appended = self.store.appended.notified();
-            tokio::pin!(appended);
-            appended.as_mut().enable();
+        self.read_new_mode(group, consumer, count, block, true)
+            .await
+    }
 
-            let first_shard = (self.rotation.fetch_add(1, Ordering::Relaxed)
-                % self.config.shards as usize) as u32;
-            let (g, c) = (group.to_owned(), consumer.to_owned());
-            let entries = self
-                .blocking(move |s| s.read_new(&g, &c, count, first_shard))
-                .await?;
-            if !entries.is_empty() || block.is_zero() {
-                return Ok(entries);
-            }
-            if tokio::time::timeout_at(deadline, appended).await.is_err() {
-                return Ok(Vec::new());
-            }
-        }
+    async fn read_new_unacked(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, LogError> {
+        self.read_new_mode(group, consumer, count, block, false)
+            .await
+    }
+
+    async fn rewind_group(&self, group: &str, positions: &[(u32, String)]) -> Result<(), LogError> {
+        let (g, p) = (group.to_owned(), positions.to_vec());
+        self.blocking(move |s| s.rewind_group(&g, &p)).await
     }
 
     async fn read_own_pending(

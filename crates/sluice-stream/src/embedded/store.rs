@@ -220,9 +220,14 @@ impl Store {
         // Memory: fjall's defaults (64 MiB memtables, up to 512 MiB of journals whose sealed
         // memtables stay in memory until flushed) let a busy log hold hundreds of MiB. Smaller
         // memtables and the smallest journal budget keep the process within its RSS target.
+        //
+        // One background worker: with more, fjall 3.1's worker 0 hands every compaction request
+        // back to the queue and takes it again while the others are busy — a spin that cost a
+        // quarter of `sluice serve`'s CPU on 2 cores. One worker flushes and compacts in turn.
         let db = Database::builder(&dir)
             .cache_size(config.cache_bytes)
             .max_journaling_size(MAX_JOURNALING_BYTES)
+            .worker_threads(1)
             .open()
             .map_err(err)?;
         let ks = |name: &str| {
@@ -465,13 +470,15 @@ impl Store {
         Ok(())
     }
 
-    /// Deliver up to `count` new entries to `consumer`, visiting shards from `first_shard`.
+    /// Deliver up to `count` new entries to `consumer`, visiting shards from `first_shard`;
+    /// with `record_pending` false they are not made pending (`read_new_unacked`).
     pub(crate) fn read_new(
         &self,
         group: &str,
         consumer: &str,
         count: usize,
         first_shard: u32,
+        record_pending: bool,
     ) -> Result<Vec<Entry>, LogError> {
         check_name("consumer", consumer)?;
         let heads = self.heads();
@@ -500,11 +507,13 @@ impl Store {
                 let (k, v) = guard.into_inner().map_err(|e| self.err(&e))?;
                 let (_, id) =
                     keys::parse_event_key(&k).ok_or_else(|| corrupt(&self.dir, "event key"))?;
-                batch.insert(
-                    &self.pending_ks,
-                    keys::pending_key(group, shard, id),
-                    pending_value.as_slice(),
-                );
+                if record_pending {
+                    batch.insert(
+                        &self.pending_ks,
+                        keys::pending_key(group, shard, id),
+                        pending_value.as_slice(),
+                    );
+                }
                 out.push(Entry {
                     shard,
                     id: id.to_string(),
@@ -526,7 +535,7 @@ impl Store {
         self.commit(batch)?;
         g.positions = positions;
         let consumer: Arc<str> = Arc::from(consumer);
-        for e in &out {
+        for e in out.iter().filter(|_| record_pending) {
             if let Some(id) = Id::parse(&e.id) {
                 g.pending.insert(
                     (e.shard, id),
@@ -540,6 +549,52 @@ impl Store {
         }
         self.refresh_required(group, g);
         Ok(out)
+    }
+
+    /// Set the group's last-delivered id on the given shards; the delivered count follows (the
+    /// entries between the old and the new id are counted off or on).
+    pub(crate) fn rewind_group(
+        &self,
+        group: &str,
+        positions: &[(u32, String)],
+    ) -> Result<(), LogError> {
+        let mut st = lock(&self.state);
+        let g = st
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| missing_group(group))?;
+        let mut new_positions = g.positions.clone();
+        for (shard, id) in positions {
+            let pos = new_positions
+                .get_mut(*shard as usize)
+                .ok_or_else(|| LogError::Other(format!("no shard {shard}")))?;
+            let to = Id::parse(id)
+                .ok_or_else(|| LogError::Other(format!("invalid log position {id:?}")))?;
+            let (lo, hi) = if to < pos.last {
+                (to, pos.last)
+            } else {
+                (pos.last, to)
+            };
+            let between = self
+                .events
+                .range(keys::event_key(*shard, lo.successor())..=keys::event_key(*shard, hi))
+                .count() as u64;
+            pos.delivered = if to < pos.last {
+                pos.delivered.saturating_sub(between)
+            } else {
+                pos.delivered + between
+            };
+            pos.last = to;
+        }
+        self.groups_ks
+            .insert(
+                keys::group_prefix(group),
+                keys::encode_positions(&new_positions),
+            )
+            .map_err(|e| self.err(&e))?;
+        g.positions = new_positions;
+        self.refresh_required(group, g);
+        Ok(())
     }
 
     /// Redeliver pending entries chosen by `pick` (at most `count`) to `consumer`, counting the

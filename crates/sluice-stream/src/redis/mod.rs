@@ -237,6 +237,7 @@ impl RedisLog {
         consumer: &str,
         count: usize,
         id: &str,
+        noack: bool,
     ) -> Result<Vec<(String, Vec<RawEntry>)>, LogError> {
         let mut out = Vec::new();
         // Streams that may hold more, each with the id to read after.
@@ -254,8 +255,11 @@ impl RedisLog {
                 .arg(group)
                 .arg(consumer)
                 .arg("COUNT")
-                .arg(share)
-                .arg("STREAMS");
+                .arg(share);
+            if noack {
+                cmd.arg("NOACK");
+            }
+            cmd.arg("STREAMS");
             for (key, _) in &open[..asked] {
                 cmd.arg(key);
             }
@@ -287,6 +291,61 @@ impl RedisLog {
             open = next;
         }
         Ok(out)
+    }
+
+    /// `read_new`, recording the entries as pending or not (`NOACK`).
+    async fn read_new_mode(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+        noack: bool,
+    ) -> Result<Vec<Entry>, LogError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        // First whatever is there, with an exact total count.
+        let streams = self.sweep(group, consumer, count, ">", noack).await?;
+        let (entries, _) = self.collect(streams, 1);
+        if !entries.is_empty() || block.is_zero() {
+            return Ok(entries);
+        }
+
+        // Nothing yet: block on the shards until something arrives. COUNT is per stream, so
+        // `count` is split over the shards we wait on, never to return more than `count`. With
+        // `count` below the shard count we wait on `count` shards (rotating), and the next
+        // call's sweep picks up the others.
+        let keys = self.rotated_keys();
+        let waited = keys.len().min(count);
+        let per_stream = (count / waited).max(1);
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(per_stream)
+            // BLOCK 0 would mean "forever": `block` is non-zero here, and at least 1 ms.
+            .arg("BLOCK")
+            .arg(millis(block).max(1));
+        if noack {
+            cmd.arg("NOACK");
+        }
+        cmd.arg("STREAMS").arg(&keys[..waited]);
+        for _ in 0..waited {
+            cmd.arg(">");
+        }
+        let reply: Value = self
+            .blocking
+            .run(
+                "a blocking XREADGROUP",
+                block + self.config.command_timeout,
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
+            .await
+            .map_err(|e| group_error(e, group))?;
+        let (entries, _) = self.collect(reply::streams(&reply), 1);
+        Ok(entries)
     }
 
     /// Acknowledge entries that were deleted (trimmed or XDEL'd) while pending: they can never be
@@ -421,48 +480,40 @@ impl EventLog for RedisLog {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Entry>, LogError> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        // First whatever is there, with an exact total count.
-        let streams = self.sweep(group, consumer, count, ">").await?;
-        let (entries, _) = self.collect(streams, 1);
-        if !entries.is_empty() || block.is_zero() {
-            return Ok(entries);
-        }
-
-        // Nothing yet: block on the shards until something arrives. COUNT is per stream, so
-        // `count` is split over the shards we wait on, never to return more than `count`. With
-        // `count` below the shard count we wait on `count` shards (rotating), and the next
-        // call's sweep picks up the others.
-        let keys = self.rotated_keys();
-        let waited = keys.len().min(count);
-        let per_stream = (count / waited).max(1);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(group)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(per_stream)
-            // BLOCK 0 would mean "forever": `block` is non-zero here, and at least 1 ms.
-            .arg("BLOCK")
-            .arg(millis(block).max(1))
-            .arg("STREAMS")
-            .arg(&keys[..waited]);
-        for _ in 0..waited {
-            cmd.arg(">");
-        }
-        let reply: Value = self
-            .blocking
-            .run(
-                "a blocking XREADGROUP",
-                block + self.config.command_timeout,
-                |mut c| async move { cmd.query_async(&mut c).await },
-            )
+        self.read_new_mode(group, consumer, count, block, false)
             .await
-            .map_err(|e| group_error(e, group))?;
-        let (entries, _) = self.collect(reply::streams(&reply), 1);
-        Ok(entries)
+    }
+
+    async fn read_new_unacked(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, LogError> {
+        self.read_new_mode(group, consumer, count, block, true)
+            .await
+    }
+
+    async fn rewind_group(&self, group: &str, positions: &[(u32, String)]) -> Result<(), LogError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (shard, id) in positions {
+            pipe.cmd("XGROUP")
+                .arg("SETID")
+                .arg(self.key(*shard)?)
+                .arg(group)
+                .arg(id)
+                .ignore();
+        }
+        self.conn
+            .run("XGROUP SETID", |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await
+            .map_err(|e| group_error(e, group))
     }
 
     async fn read_own_pending(
@@ -474,7 +525,7 @@ impl EventLog for RedisLog {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let streams = self.sweep(group, consumer, count, "0").await?;
+        let streams = self.sweep(group, consumer, count, "0", false).await?;
         let (mut entries, deleted) = self.collect(streams, 1);
         self.ack_deleted(group, deleted).await?;
         if entries.is_empty() {

@@ -30,6 +30,7 @@ macro_rules! conformance_cases {
             tail_reads_new_entries_without_a_group,
             read_range_pages_one_shard_without_a_group,
             reads_return_exact_counts_over_skewed_shards,
+            unacked_reads_leave_nothing_pending_and_rewind_redelivers,
         );
     };
     (@each $f:ident => $fixture:expr, $log:expr; $($case:ident),* $(,)?) => {$(
@@ -306,6 +307,53 @@ pub async fn reads_return_exact_counts_over_skewed_shards(log: &dyn EventLog) {
     log.ack("g", &again).await.expect("ack");
     let left = log.read_own_pending("g", "c", 200).await.expect("pending");
     assert_eq!(left.len(), 47);
+}
+
+/// A group read without acknowledgements holds nothing pending; rewinding its cursor to an id
+/// delivers the entries after it again, and only on the rewound shard.
+pub async fn unacked_reads_leave_nothing_pending_and_rewind_redelivers(log: &dyn EventLog) {
+    log.ensure_group("g", StartFrom::End).await.expect("group");
+    let batch: Vec<Record> = (0..20)
+        .map(|i| record(i % 2, format!(r#"{{"n":{i}}}"#)))
+        .collect();
+    log.append(batch).await.expect("append");
+    let mut first = Vec::new();
+    while first.len() < 20 {
+        let got = log
+            .read_new_unacked("g", "c", 100, SHORT_BLOCK)
+            .await
+            .expect("read");
+        assert!(!got.is_empty(), "entries must be delivered");
+        first.extend(got);
+    }
+    assert_eq!(first.len(), 20);
+    assert!(log
+        .read_own_pending("g", "c", 100)
+        .await
+        .expect("pending")
+        .is_empty());
+    let lag = log.lag().await.expect("lag");
+    let g = lag.iter().find(|l| l.group == "g").expect("group lag");
+    assert_eq!((g.undelivered, g.pending), (0, 0));
+    assert!(log
+        .read_new_unacked("g", "c", 100, Duration::ZERO)
+        .await
+        .expect("read")
+        .is_empty());
+
+    // Back to the 4th entry of shard 0: its last 6 come again, in order; shard 1 stays put.
+    let shard0: Vec<&Entry> = first.iter().filter(|e| e.shard == 0).collect();
+    log.rewind_group("g", &[(0, shard0[3].id.clone())])
+        .await
+        .expect("rewind");
+    let again = log
+        .read_new_unacked("g", "c", 100, Duration::ZERO)
+        .await
+        .expect("read");
+    let ids: Vec<&str> = again.iter().map(|e| e.id.as_str()).collect();
+    let expect: Vec<&str> = shard0[4..].iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, expect);
+    assert!(again.iter().all(|e| e.shard == 0));
 }
 
 /// After a restart, a consumer gets back its unacknowledged entries, delivery count increased.

@@ -31,8 +31,16 @@
 //!
 //! This needs the log to keep `rebuild_horizon` of entries below the fraud group's position:
 //! the trim policy (`RedisLogConfig::trim_keep`) does. One fraud consumer runs per log (its
-//! windows must see every shard); at start it takes over entries left pending by other consumers
-//! of the group, so a renamed worker resumes them first, in order.
+//! windows must see every shard).
+//!
+//! ## Reading without acknowledgements
+//! The positions committed with the alerts say what the processor has done, so the log's
+//! pending bookkeeping would only repeat them: the processor reads with
+//! `EventLog::read_new_unacked` (Redis `NOACK`: no pending entry per read, no `XACK`, a third of
+//! the Redis CPU per entry) and, before its first read, rewinds the group to its committed
+//! positions (`EventLog::rewind_group`), so whatever was read but not committed before a crash
+//! or a stop is read again, in order. Entries the group still holds pending (from a version that
+//! acknowledged) are acknowledged at that point: the rewind reads them again.
 //!
 //! ## Live push
 //! After a commit, each alert is given to the [`AlertHook`] when one is attached; the binary
@@ -48,10 +56,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sluice_core::log::{Entry, EventLog, LogError, RangeStart};
+use sluice_core::log::{Entry, EventLog, LogError, RangeStart, StartFrom};
 use sluice_core::warehouse::{ShardPosition, TimeRange, Warehouse};
 
-use crate::runtime::{ProcessError, Processor, WorkerStats};
+use crate::runtime::{ConsumerConfig, ProcessError, Processor, WorkerStats};
 
 pub use config::FraudConfig;
 pub use detector::{Detector, FraudStats, Signal};
@@ -258,6 +266,48 @@ impl Processor for FraudProcessor {
         1
     }
 
+    fn keeps_own_positions(&self) -> bool {
+        true
+    }
+
+    /// Rewind the group to the committed positions (what was read but not committed before a
+    /// stop is read again), after acknowledging whatever the group still holds pending (entries
+    /// read with acknowledgements by an earlier version or another consumer: the rewind covers
+    /// them).
+    async fn prepare(&self, config: &ConsumerConfig) -> Result<(), ProcessError> {
+        let retry = |what: &str, e: LogError| ProcessError::Retryable(format!("{what}: {e}"));
+        let released = release_pending(self.log.as_ref(), &config.consumer)
+            .await
+            .map_err(|e| retry("acknowledging pending fraud entries", e))?;
+        if released > 0 {
+            tracing::info!(
+                count = released,
+                "acknowledged entries the fraud group held pending (the rewind reads them again)"
+            );
+        }
+        let committed = self
+            .store
+            .positions(GROUP)
+            .await
+            .map_err(|e| ProcessError::Retryable(format!("reading fraud positions: {e}")))?;
+        // A shard with nothing committed starts over where a new group starts: the beginning
+        // (with `StartFrom::End` the group's creation point is all there is).
+        let mut rewind: Vec<(u32, String)> = Vec::new();
+        for shard in 0..self.log.shards() {
+            match committed.iter().find(|p| p.shard == shard) {
+                Some(p) => rewind.push((shard, p.last_id.clone())),
+                None if config.start_from == StartFrom::Beginning => {
+                    rewind.push((shard, "0-0".to_owned()));
+                }
+                None => {}
+            }
+        }
+        self.log
+            .rewind_group(GROUP, &rewind)
+            .await
+            .map_err(|e| retry("rewinding the fraud group to its committed positions", e))
+    }
+
     async fn process(
         &self,
         entries: &[Entry],
@@ -356,19 +406,21 @@ impl Processor for FraudProcessor {
     }
 }
 
-/// Take over the entries other consumers of the fraud group left pending (a worker restarted
-/// under another name), so this consumer processes them first and in order. One fraud consumer
-/// runs per log.
-pub async fn take_over_pending(log: &dyn EventLog, consumer: &str) -> Result<u64, LogError> {
-    let mut taken = 0u64;
+/// Acknowledge every entry the fraud group holds pending, whichever consumer holds it (one
+/// fraud consumer runs per log). The processor reads without acknowledgements and rewinds to its
+/// committed positions at start, so pending entries are only left over from older versions or a
+/// crash between read and ack; left pending they would hold trimming back forever.
+async fn release_pending(log: &dyn EventLog, consumer: &str) -> Result<u64, LogError> {
+    let mut released = 0u64;
     loop {
         let got = log
             .claim_idle(GROUP, consumer, Duration::ZERO, 1_000)
             .await?;
         if got.is_empty() {
-            return Ok(taken);
+            return Ok(released);
         }
-        taken += got.len() as u64;
+        log.ack(GROUP, &got).await?;
+        released += got.len() as u64;
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use sluice_core::log::EventLog;
 use sluice_core::warehouse::Warehouse;
-use sluice_worker::fraud::{self, AlertHook, FraudConfig, FraudProcessor};
+use sluice_worker::fraud::{AlertHook, FraudConfig, FraudProcessor};
 use sluice_worker::warehouse::WarehouseProcessor;
 use sluice_worker::{ConsumerConfig, Worker};
 
@@ -201,20 +201,8 @@ pub async fn run_fraud(
     on_alert: Option<AlertHook>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    // One fraud consumer per log: entries another (renamed or dead) consumer left pending are
-    // taken over first, so they are processed before newer ones.
-    let taken = match log.ensure_group(fraud::GROUP, config.start_from).await {
-        Ok(()) => fraud::take_over_pending(log.as_ref(), &config.consumer).await,
-        Err(e) => Err(e),
-    };
-    match taken {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            count = n,
-            "took over pending fraud entries of other consumers"
-        ),
-        Err(e) => tracing::warn!(error = %e, "could not take over pending fraud entries"),
-    }
+    // One fraud consumer per log. It reads without acknowledgements; at start the processor
+    // rewinds the group to the positions committed with its alerts (`Processor::prepare`).
     let mut processor = FraudProcessor::new(store, log.clone(), rules);
     if let Some(hook) = on_alert {
         processor = processor.with_alert_hook(hook);
