@@ -233,7 +233,10 @@ impl<P: Processor> Worker<P> {
 
         // Own pending entries first, one batch at a time (they are re-read from the start of the
         // pending list until acknowledged, so no read-ahead here).
-        while !unacked {
+        loop {
+            if unacked {
+                break;
+            }
             if *stop_rx.borrow() {
                 return Ok(());
             }
