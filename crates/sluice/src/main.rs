@@ -52,9 +52,20 @@ fn init_tracing() {
         .init();
 }
 
+/// No transparent huge pages for this process: the allocator's arenas would otherwise hold
+/// 2 MiB pages of which little is in use (~100 MB of `serve`'s RSS under load), memory paid for
+/// nothing by a service with an RSS budget.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(error = %e, "could not disable transparent huge pages");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    disable_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
