@@ -6,9 +6,10 @@
 //!                                  └─ poison, or delivered > max ─▶ dead_letter (reason, acked)
 //! ```
 //! Reading the next batch, decoding the one before and committing the one before that overlap;
-//! each channel holds one batch, so memory is bounded by a few batches whatever the backlog. An entry is acknowledged
-//! only after the processor committed its effects; a crash anywhere before the ack means
-//! redelivery, which processors make harmless (the warehouse dedupes inside its transaction).
+//! each channel holds one batch, so memory is bounded by a few batches whatever the backlog. An
+//! entry is acknowledged only after the processor committed its effects; a crash anywhere before
+//! the ack means redelivery, which processors make harmless (the warehouse dedupes inside its
+//! transaction).
 //!
 //! At start a consumer first finishes its own pending entries (a restart with the same consumer
 //! name resumes at once); entries of dead consumers are claimed once idle for `claim_idle`.
@@ -100,8 +101,9 @@ pub enum ProcessError {
 /// A processor: one consumer group, effects committed per batch.
 #[async_trait]
 pub trait Processor: Send + Sync + 'static {
-    /// What one entry decodes to: the whole [`sluice_core::Event`] for the warehouse, only the fields its
-    /// rules read for the fraud processor (decoding is a large part of a consumer's CPU).
+    /// What one entry decodes to: the whole [`sluice_core::Event`] for the warehouse, only the
+    /// fields its rules read for the fraud processor (decoding is a large part of a consumer's
+    /// CPU).
     type Item: Send + Sync + 'static;
 
     /// The consumer group, also the processor's name.

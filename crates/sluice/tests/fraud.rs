@@ -355,6 +355,37 @@ async fn each_rule_fires_on_its_attack_and_traffic_raises_nothing() {
     assert_eq!(bot.details["window_secs"], 10);
 }
 
+/// Entries the fraud group holds pending (read by a consumer that acknowledged, e.g. an older
+/// version, then stopped) are released at start and evaluated through the rewind: exactly the
+/// expected alerts, and nothing left pending to hold trimming back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_left_pending_in_the_fraud_group_are_released_and_evaluated() {
+    let env = Env::new().await;
+    let (events, expect) = scenario(10_000, 1, 7);
+    env.append(&events).await;
+    env.log
+        .ensure_group(GROUP, StartFrom::Beginning)
+        .await
+        .expect("group");
+    let mut held = 0;
+    for consumer in ["old-a", "old-b"] {
+        held += env
+            .log
+            .read_new(GROUP, consumer, 3_000, Duration::ZERO)
+            .await
+            .expect("read")
+            .len();
+    }
+    assert_eq!(held, 6_000);
+    let worker = env.spawn("fraud", "f-new", "2000");
+    wait_group_drained(env.log.as_ref(), GROUP, Duration::from_secs(120)).await;
+    drop(worker);
+    let lag = env.log.lag().await.expect("lag");
+    let fraud = lag.iter().find(|g| g.group == GROUP).expect("fraud group");
+    assert_eq!(fraud.pending, 0, "pending entries released");
+    assert_eq!(env.alerts().await, expect);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_fraud_worker_during_attacks_leaves_exactly_the_expected_alerts() {
     let env = Env::new().await;

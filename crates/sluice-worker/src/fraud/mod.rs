@@ -413,14 +413,16 @@ impl Processor for FraudProcessor {
 async fn release_pending(log: &dyn EventLog, consumer: &str) -> Result<u64, LogError> {
     let mut released = 0u64;
     loop {
-        let got = log
+        // Other consumers' pending entries become ours, then ours are acknowledged.
+        let claimed = log
             .claim_idle(GROUP, consumer, Duration::ZERO, 1_000)
             .await?;
-        if got.is_empty() {
+        let own = log.read_own_pending(GROUP, consumer, 1_000).await?;
+        if claimed.is_empty() && own.is_empty() {
             return Ok(released);
         }
-        log.ack(GROUP, &got).await?;
-        released += got.len() as u64;
+        log.ack(GROUP, &own).await?;
+        released += own.len() as u64;
     }
 }
 
