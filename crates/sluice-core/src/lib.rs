@@ -10,6 +10,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod parse;
+pub mod rfc3339;
 pub mod shard;
 pub mod skew;
 pub mod warehouse;

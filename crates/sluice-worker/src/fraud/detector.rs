@@ -50,6 +50,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use sluice_core::rfc3339;
 use sluice_core::warehouse::Alert;
 use sluice_core::Event;
 
@@ -114,11 +115,13 @@ struct Wire<'a> {
     user_id: Option<String>,
     #[serde(default)]
     anonymous_id: Option<String>,
+    #[serde(deserialize_with = "rfc3339::deserialize")]
     timestamp: DateTime<Utc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rfc3339::deserialize_option")]
     original_timestamp: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rfc3339::deserialize_option")]
     sent_at: Option<DateTime<Utc>>,
+    #[serde(deserialize_with = "rfc3339::deserialize")]
     received_at: DateTime<Utc>,
     #[serde(default, borrow)]
     context: Option<WireContext<'a>>,
