@@ -408,8 +408,8 @@ impl Processor for FraudProcessor {
 
 /// Acknowledge every entry the fraud group holds pending, whichever consumer holds it (one
 /// fraud consumer runs per log). The processor reads without acknowledgements and rewinds to its
-/// committed positions at start, so pending entries are only left over from older versions or a
-/// crash between read and ack; left pending they would hold trimming back forever.
+/// committed positions at start, so pending entries can only be left over from a version that
+/// acknowledged; left pending they would hold trimming back forever.
 async fn release_pending(log: &dyn EventLog, consumer: &str) -> Result<u64, LogError> {
     let mut released = 0u64;
     loop {
