@@ -535,16 +535,18 @@ impl Store {
         self.commit(batch)?;
         g.positions = positions;
         let consumer: Arc<str> = Arc::from(consumer);
-        for e in out.iter().filter(|_| record_pending) {
-            if let Some(id) = Id::parse(&e.id) {
-                g.pending.insert(
-                    (e.shard, id),
-                    Pending {
-                        consumer: consumer.clone(),
-                        deliveries: 1,
-                        at_ms: now,
-                    },
-                );
+        if record_pending {
+            for e in &out {
+                if let Some(id) = Id::parse(&e.id) {
+                    g.pending.insert(
+                        (e.shard, id),
+                        Pending {
+                            consumer: consumer.clone(),
+                            deliveries: 1,
+                            at_ms: now,
+                        },
+                    );
+                }
             }
         }
         self.refresh_required(group, g);
@@ -558,6 +560,8 @@ impl Store {
         group: &str,
         positions: &[(u32, String)],
     ) -> Result<(), LogError> {
+        // Counting the entries in between must not race a trim deleting them.
+        let _no_trim = lock(&self.trim_lock);
         let mut st = lock(&self.state);
         let g = st
             .groups
