@@ -9,17 +9,14 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use sluice_worker::warehouse::WarehouseProcessor;
-use sluice_worker::{ConsumerConfig, Worker};
+use sluice_worker::ConsumerConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::TestApp;
@@ -262,21 +259,9 @@ fn track(name: &str, user: usize) -> Value {
 async fn dashboard_in_headless_chromium_shows_live_numbers_and_escapes_names() {
     let app = TestApp::spawn().await;
     // A warehouse worker, so the query panels (top events, active users) have data too.
-    let (stop, stopped) = oneshot::channel::<()>();
     let mut config = ConsumerConfig::new("dashboard-worker");
     config.max_wait = Duration::from_millis(20);
-    let worker = Worker::new(
-        app.log.clone(),
-        Arc::new(WarehouseProcessor::new(app.store.clone())),
-        config,
-    );
-    let worker = tokio::spawn(async move {
-        let _ = worker
-            .run(async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let (stop, worker) = common::spawn_warehouse_worker(app.log.clone(), app.store.clone(), config);
 
     let mut b = Browser::launch().await;
     let url = format!("{}/#key={}", app.base, app.read_key);

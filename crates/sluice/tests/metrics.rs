@@ -12,13 +12,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_worker::warehouse::WarehouseProcessor;
-use sluice_worker::{ConsumerConfig, Worker};
-use tokio::sync::oneshot;
+use sluice_worker::ConsumerConfig;
 
 use common::{Auth, TestApp};
 
@@ -203,22 +200,9 @@ async fn metrics_are_valid_prometheus_and_move_with_traffic() {
     assert_eq!(a("sluice_live_clients", &[]), 1.0);
 
     // A worker commits the 38 events; then the same 10 messageIds again are dedupe hits.
-    let (stop, stopped) = oneshot::channel::<()>();
     let mut config = ConsumerConfig::new("metrics-worker");
     config.max_wait = Duration::from_millis(20);
-    let worker = Worker::new(
-        app.log.clone(),
-        Arc::new(WarehouseProcessor::new(app.store.clone())),
-        config,
-    );
-    let worker = tokio::spawn(async move {
-        worker
-            .run(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("worker");
-    });
+    let (stop, worker) = common::spawn_warehouse_worker(app.log.clone(), app.store.clone(), config);
     let group = [("group", "warehouse")];
     let events = "sluice_worker_events_total";
     scrape_until(&app, "worker committed 38 events", |s| {

@@ -117,21 +117,7 @@ fn run_worker(
     store: Arc<PgWarehouse>,
     name: &str,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let worker = Worker::new(
-        log,
-        Arc::new(WarehouseProcessor::new(store)),
-        consumer(name),
-    );
-    let handle = tokio::spawn(async move {
-        worker
-            .run(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("worker");
-    });
-    (stop, handle)
+    common::spawn_warehouse_worker(log, store, consumer(name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

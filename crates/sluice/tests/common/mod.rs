@@ -16,6 +16,8 @@ use sluice_server::{AppState, KeyCache, ServerConfig};
 use sluice_store::testing::TestDb;
 use sluice_store::{PgOptions, PgWarehouse};
 use sluice_stream::redis::{RedisLog, RedisLogConfig};
+use sluice_worker::warehouse::WarehouseProcessor;
+use sluice_worker::{ConsumerConfig, Worker};
 use tokio::sync::oneshot;
 
 pub fn redis_url() -> String {
@@ -475,4 +477,24 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// An in-process warehouse worker, running until the returned sender fires (or is dropped); the
+/// handle ends with it and panics if the worker failed.
+pub fn spawn_warehouse_worker(
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Warehouse>,
+    config: ConsumerConfig,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = Worker::new(log, Arc::new(WarehouseProcessor::new(store)), config);
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("worker");
+    });
+    (stop, handle)
 }
