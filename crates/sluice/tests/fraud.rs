@@ -13,14 +13,14 @@ mod common;
 
 use common::ChildGuard;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
-use sluice_core::log::{EventLog, StartFrom};
+use sluice_core::log::{parse_position, EventLog, StartFrom};
 use sluice_core::shard::shard_for;
 use sluice_core::warehouse::{Alert, Warehouse};
 use sluice_core::{Event, EventKind};
@@ -299,8 +299,15 @@ impl FraudChecks for Env {
 
 use common::{append_events as append, group_backlog as backlog};
 
-/// Wait until `group` has processed everything in the log.
-async fn wait_group_drained(log: &dyn EventLog, group: &str, within: Duration) {
+/// Wait until `group` has processed everything in the log. The fraud group reads without
+/// acknowledgements, so an empty backlog only says everything was read: for it, also wait until
+/// its committed positions reach the last entry of every shard.
+async fn wait_group_drained(
+    log: &dyn EventLog,
+    store: &dyn Warehouse,
+    group: &str,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     loop {
         let exists = log
@@ -311,13 +318,57 @@ async fn wait_group_drained(log: &dyn EventLog, group: &str, within: Duration) {
             .any(|g| g.group == group);
         let left = backlog(log, group).await;
         if exists && left == 0 {
-            return;
+            break;
         }
         assert!(
             Instant::now() < deadline,
             "group {group} not drained within {within:?}: {left} left"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if group != GROUP {
+        return;
+    }
+    let last = last_ids(log).await;
+    loop {
+        let committed: BTreeMap<u32, (u64, u64)> = store
+            .positions(GROUP)
+            .await
+            .expect("positions")
+            .iter()
+            .filter_map(|p| Some((p.shard, parse_position(&p.last_id)?)))
+            .collect();
+        if last
+            .iter()
+            .all(|(shard, id)| committed.get(shard) >= Some(id))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fraud group did not commit everything within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last entry id of every shard, read through a throw-away group.
+async fn last_ids(log: &dyn EventLog) -> BTreeMap<u32, (u64, u64)> {
+    log.ensure_group("test-last-ids", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let mut last = BTreeMap::new();
+    loop {
+        let got = log
+            .read_new_unacked("test-last-ids", "t", 10_000, Duration::ZERO)
+            .await
+            .expect("read");
+        if got.is_empty() {
+            return last;
+        }
+        for e in got {
+            last.insert(e.shard, parse_position(&e.id).expect("log id"));
+        }
     }
 }
 
@@ -328,7 +379,13 @@ async fn each_rule_fires_on_its_attack_and_traffic_raises_nothing() {
     assert_eq!(expect.len(), 8);
     env.append(&events).await;
     let worker = env.spawn("fraud", "f1", "2000");
-    wait_group_drained(env.log.as_ref(), GROUP, Duration::from_secs(120)).await;
+    wait_group_drained(
+        env.log.as_ref(),
+        env.store.as_ref(),
+        GROUP,
+        Duration::from_secs(120),
+    )
+    .await;
     drop(worker);
     assert_eq!(env.alerts().await, expect);
     // The alert rows carry the burst's first and last events and the rule's facts.
@@ -378,7 +435,13 @@ async fn entries_left_pending_in_the_fraud_group_are_released_and_evaluated() {
     }
     assert_eq!(held, 6_000);
     let worker = env.spawn("fraud", "f-new", "2000");
-    wait_group_drained(env.log.as_ref(), GROUP, Duration::from_secs(120)).await;
+    wait_group_drained(
+        env.log.as_ref(),
+        env.store.as_ref(),
+        GROUP,
+        Duration::from_secs(120),
+    )
+    .await;
     drop(worker);
     let lag = env.log.lag().await.expect("lag");
     let fraud = lag.iter().find(|g| g.group == GROUP).expect("fraud group");
@@ -413,7 +476,13 @@ async fn kill_9_the_fraud_worker_during_attacks_leaves_exactly_the_expected_aler
             break;
         }
     }
-    wait_group_drained(env.log.as_ref(), GROUP, Duration::from_secs(240)).await;
+    wait_group_drained(
+        env.log.as_ref(),
+        env.store.as_ref(),
+        GROUP,
+        Duration::from_secs(240),
+    )
+    .await;
     drop(worker);
     assert!(
         kills >= 5,
@@ -434,7 +503,13 @@ async fn a_stopped_fraud_worker_never_holds_the_warehouse_back_and_catches_up() 
     let total = events.len() as u64;
     env.append(&events).await;
     let warehouse = env.spawn("warehouse", "w1", "5000");
-    wait_group_drained(env.log.as_ref(), "warehouse", Duration::from_secs(240)).await;
+    wait_group_drained(
+        env.log.as_ref(),
+        env.store.as_ref(),
+        "warehouse",
+        Duration::from_secs(240),
+    )
+    .await;
     let stored = env.probe.events_count(SOURCE).await.expect("count");
     assert_eq!(stored as u64, total, "the warehouse has every event");
     assert_eq!(
@@ -449,7 +524,13 @@ async fn a_stopped_fraud_worker_never_holds_the_warehouse_back_and_catches_up() 
     );
     drop(warehouse);
     let fraud = env.spawn("fraud", "f1", "2000");
-    wait_group_drained(env.log.as_ref(), GROUP, Duration::from_secs(180)).await;
+    wait_group_drained(
+        env.log.as_ref(),
+        env.store.as_ref(),
+        GROUP,
+        Duration::from_secs(180),
+    )
+    .await;
     drop(fraud);
     assert_eq!(env.alerts().await, expect);
 }
@@ -485,12 +566,12 @@ async fn burst_spanning_a_restart(log: Arc<dyn EventLog>, store: Arc<dyn Warehou
     };
     append(log.as_ref(), &events[..60]).await;
     let (stop, handle) = run(log.clone(), store.clone());
-    wait_group_drained(log.as_ref(), GROUP, Duration::from_secs(60)).await;
+    wait_group_drained(log.as_ref(), store.as_ref(), GROUP, Duration::from_secs(60)).await;
     let _ = stop.send(());
     handle.await.expect("join").expect("worker");
     append(log.as_ref(), &events[60..]).await;
     let (stop, handle) = run(log.clone(), store.clone());
-    wait_group_drained(log.as_ref(), GROUP, Duration::from_secs(60)).await;
+    wait_group_drained(log.as_ref(), store.as_ref(), GROUP, Duration::from_secs(60)).await;
     let _ = stop.send(());
     handle.await.expect("join").expect("worker");
     let got = store
@@ -569,7 +650,13 @@ async fn fraud_throughput_over_a_preloaded_backlog() {
     let handle = tokio::spawn(worker.run(async move {
         let _ = stopped.await;
     }));
-    wait_group_drained(env.log.as_ref(), GROUP, Duration::from_secs(600)).await;
+    wait_group_drained(
+        env.log.as_ref(),
+        env.store.as_ref(),
+        GROUP,
+        Duration::from_secs(600),
+    )
+    .await;
     let took = started.elapsed();
     let _ = stop.send(());
     handle.await.expect("join").expect("worker");
