@@ -16,12 +16,17 @@ SERVE=$!
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
 KEY=$(grep -oE 'write key[^A-Za-z0-9]*[A-Za-z0-9_]+' "$DATA/serve.log" | head -1 | grep -oE '[A-Za-z0-9_]+$')
 [ -n "$KEY" ] || { echo "no write key in serve's output:"; cat "$DATA/serve.log"; exit 1; }
-peak=0
+cpu() { awk '{print $14+$15}' /proc/$1/stat; }  # utime+stime, clock ticks
+TCK=$(getconf CLK_TCK)
+cpu0=$(cpu $SERVE)
 ( while kill -0 $SERVE 2>/dev/null; do
     r=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$SERVE/status 2>/dev/null || echo 0)
     echo "$r"; sleep 0.5
   done ) > "$DATA/rss" &
 $B bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
   --concurrency 50 --duration "$DUR" --verify --store "embedded:$DATA/d" | tee "$DATA/bench.json"
+cpu1=$(cpu $SERVE)
+landed=$(grep -oE '"landed": [0-9]+' "$DATA/bench.json" | grep -oE '[0-9]+$')
+echo "serve CPU: $(( (cpu1 - cpu0) / TCK )) s, $(( (cpu1 - cpu0) * 1000000 / TCK / (landed > 0 ? landed : 1) )) µs per landed event"
 grep -E "^(Rss|Anonymous|AnonHugePages|Shared_Clean|Private_Clean)" /proc/$SERVE/smaps_rollup | tr -s ' ' | paste -sd' '
 echo "serve RSS peak: $(sort -n "$DATA/rss" | tail -1) MB, last: $(tail -1 "$DATA/rss") MB"

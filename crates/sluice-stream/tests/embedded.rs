@@ -384,6 +384,30 @@ async fn large_backlog_reads_in_bounded_batches() {
     assert_eq!(log.len().await.expect("len"), 0);
 }
 
+/// A reader without acknowledgements (the fraud worker) has no pending entries protecting what
+/// it read but has not committed: only `trim_keep` does. With it, recent entries stay however
+/// far every group has read; without it, they are trimmed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_keep_holds_recent_entries_below_unacked_readers() {
+    for (keep, left) in [(Duration::from_secs(3600), 100), (Duration::ZERO, 0)] {
+        let f = Fixture::new(|c| c.trim_keep = keep).await;
+        let log = f.log();
+        log.ensure_group("f", StartFrom::Beginning)
+            .await
+            .expect("group");
+        log.append(conformance::records(log, "k", 100))
+            .await
+            .expect("append");
+        let read = log
+            .read_new_unacked("f", "c", 1000, Duration::ZERO)
+            .await
+            .expect("read");
+        assert_eq!(read.len(), 100);
+        assert_eq!(log.trim().await.expect("trim"), 100 - left);
+        assert_eq!(log.len().await.expect("len"), left, "trim_keep {keep:?}");
+    }
+}
+
 /// Append and read+ack throughput. Not a pass/fail test; prints the rates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with --release -- --ignored --nocapture"]

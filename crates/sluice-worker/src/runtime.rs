@@ -55,6 +55,12 @@ pub struct ConsumerConfig {
     pub start_from: StartFrom,
     /// Batches committed at once (in order of reading; each acked after its own commit).
     pub commit_concurrency: usize,
+    /// Group commit: most read batches one commit takes. When every commit slot is busy,
+    /// decoded batches queue (up to this many); the next free slot commits all of them as one
+    /// transaction. An idle pipeline commits each batch alone (no added latency); a backlog is
+    /// worked off in fewer, larger transactions, which a single-writer warehouse (SQLite, whose
+    /// cost per commit grows with the pages it touches, not the rows) needs to keep up.
+    pub commit_batches: usize,
 }
 
 impl ConsumerConfig {
@@ -70,6 +76,7 @@ impl ConsumerConfig {
             max_backoff: Duration::from_secs(5),
             start_from: StartFrom::Beginning,
             commit_concurrency: 2,
+            commit_batches: 4,
         }
     }
 }
@@ -149,6 +156,14 @@ pub trait Processor: Send + Sync + 'static {
 struct Batch<T> {
     entries: Vec<Entry>,
     items: Vec<T>,
+}
+
+impl<T> Batch<T> {
+    /// Append a later batch (read after this one: order is kept).
+    fn append(&mut self, mut later: Batch<T>) {
+        self.entries.append(&mut later.entries);
+        self.items.append(&mut later.items);
+    }
 }
 
 /// Ordering key of a log id (unparseable ids sort first).
@@ -271,7 +286,8 @@ impl<P: Processor> Worker<P> {
         // Reading, decoding and committing are three stages, each one batch ahead of the next,
         // so the log's round trips, the decoding and the commits overlap on separate cores.
         let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<Entry>>(1);
-        let (tx, mut rx) = mpsc::channel::<Batch<P::Item>>(1);
+        let commit_batches = self.config.commit_batches.max(1);
+        let (tx, mut rx) = mpsc::channel::<Batch<P::Item>>(commit_batches);
         let reader = {
             let me = Reader {
                 unacked,
@@ -328,7 +344,15 @@ impl<P: Processor> Worker<P> {
                 }
                 batch = rx.recv(), if reading && inflight.len() < concurrency => {
                     match batch {
-                        Some(batch) => {
+                        Some(mut batch) => {
+                            // Group commit: whatever else is waiting goes into the same
+                            // transaction (see `ConsumerConfig::commit_batches`).
+                            for _ in 1..commit_batches {
+                                match rx.try_recv() {
+                                    Ok(later) => batch.append(later),
+                                    Err(_) => break,
+                                }
+                            }
                             let (me, group, stop) = (me.clone(), group.clone(), stop_rx.clone());
                             inflight.spawn(async move { me.commit_and_ack(&group, batch, &stop).await });
                         }

@@ -38,7 +38,8 @@ pub struct LogArgs {
     #[arg(long, env = "SLUICE_APPEND_TIMEOUT_MS")]
     pub append_timeout_ms: Option<u64>,
     /// Trimming keeps entries appended this long below the slowest consumer group (the fraud
-    /// worker re-reads them at start to rebuild its windows). Redis; default 5m.
+    /// worker re-reads them at start to rebuild its windows, and reads ahead of its commits).
+    /// Redis and embedded; default 5m.
     #[arg(long, env = "SLUICE_TRIM_KEEP", value_parser = crate::commands::bench::parse_duration)]
     pub trim_keep: Option<Duration>,
     /// A consumer group lagging more than this no longer holds trimming back: what it has not
@@ -158,6 +159,11 @@ pub async fn open_log(
             }
             if let Some(ms) = args.append_timeout_ms {
                 config.append_timeout = Duration::from_millis(ms);
+            }
+            match args.trim_keep {
+                Some(keep) => config.trim_keep = keep,
+                None if config.trim_keep.is_zero() => config.trim_keep = DEFAULT_TRIM_KEEP,
+                None => {}
             }
             config.required_groups = required;
             let dir = config.dir.display().to_string();

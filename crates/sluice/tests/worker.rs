@@ -1,6 +1,7 @@
 //! The warehouse worker against the real Redis and PostgreSQL: exactly-once effects under
 //! redelivery, crashes (the real binary, `kill -9`), two workers in one group, PostgreSQL
-//! connections dropped mid-run, poison entries, and trimming.
+//! connections dropped mid-run, poison entries, and trimming; and the runtime's group commit (on
+//! the embedded log).
 
 mod common;
 
@@ -493,4 +494,122 @@ async fn trimming_keeps_what_a_slow_group_has_not_processed() {
     env.log.trim().await.expect("trim");
     let left = env.log.len().await.expect("len");
     assert!(left <= SHARDS as u64, "processed entries remain: {left}");
+}
+
+/// Records `process` calls; the first one waits until the test opens the gate.
+struct GatedProcessor {
+    gate: tokio::sync::watch::Receiver<bool>,
+    decoded: tokio::sync::watch::Sender<usize>,
+    commits: std::sync::Mutex<Vec<Vec<u64>>>,
+}
+
+#[async_trait]
+impl sluice_worker::Processor for GatedProcessor {
+    type Item = u64;
+
+    fn group(&self) -> &str {
+        "gated"
+    }
+
+    fn decode(&self, payload: &[u8]) -> Result<u64, String> {
+        self.decoded.send_modify(|n| *n += 1);
+        std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "not a number".to_string())
+    }
+
+    async fn process(
+        &self,
+        _entries: &[Entry],
+        items: &[u64],
+        _positions: &[sluice_core::warehouse::ShardPosition],
+        _stats: &sluice_worker::WorkerStats,
+    ) -> Result<(), sluice_worker::ProcessError> {
+        let _ = self.gate.clone().wait_for(|open| *open).await;
+        self.commits.lock().expect("commits").push(items.to_vec());
+        Ok(())
+    }
+}
+
+/// Group commit: while a commit is slow, the batches decoded meanwhile queue, and the next
+/// commit takes them together (at most `commit_batches` batches), in log order; every entry is
+/// committed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_queued_behind_a_slow_commit_are_committed_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log_config = sluice_stream::EmbeddedLogConfig::new(dir.path().join("log"));
+    log_config.shards = 1;
+    let log: Arc<dyn EventLog> = Arc::new(
+        sluice_stream::EmbeddedLog::open(log_config)
+            .await
+            .expect("open log"),
+    );
+    let total = 2_000u64;
+    log.append(
+        (0..total)
+            .map(|i| Record {
+                shard: 0,
+                payload: Bytes::from(i.to_string()),
+            })
+            .collect(),
+    )
+    .await
+    .expect("append");
+
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let (decoded, mut decoded_rx) = tokio::sync::watch::channel(0usize);
+    let processor = Arc::new(GatedProcessor {
+        gate,
+        decoded,
+        commits: std::sync::Mutex::new(Vec::new()),
+    });
+    let mut config = consumer("gated-1");
+    config.batch_size = 100;
+    config.commit_concurrency = 1;
+    config.commit_batches = 4;
+    let worker = Worker::new(log.clone(), processor.clone(), config);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+
+    // The first batch is held in its commit; once four batches are decoded, the second and
+    // third at least are queued behind it.
+    tokio::time::timeout(Duration::from_secs(20), decoded_rx.wait_for(|n| *n >= 400))
+        .await
+        .expect("four batches decoded within 20 s")
+        .expect("decoded counter");
+    open.send(true).expect("open the gate");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: usize = processor
+            .commits
+            .lock()
+            .expect("commits")
+            .iter()
+            .map(Vec::len)
+            .sum();
+        if done as u64 >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done}/{total} committed in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    task.await.expect("join").expect("worker");
+
+    let commits = processor.commits.lock().expect("commits").clone();
+    let sizes: Vec<usize> = commits.iter().map(Vec::len).collect();
+    assert_eq!(sizes[0], 100, "the first batch commits alone: {sizes:?}");
+    assert!(
+        (200..=400).contains(&sizes[1]),
+        "the commit after the slow one takes the 2–4 queued batches: {sizes:?}"
+    );
+    assert!(sizes.iter().all(|&s| s <= 400), "{sizes:?}");
+    let all: Vec<u64> = commits.into_iter().flatten().collect();
+    assert_eq!(all, (0..total).collect::<Vec<_>>(), "in order, each once");
 }

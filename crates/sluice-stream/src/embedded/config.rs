@@ -51,6 +51,11 @@ pub struct EmbeddedLogConfig {
     pub dead_letter_max_len: u64,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
+    /// Trimming keeps the entries appended within this long before the position every group
+    /// has reached, as `RedisLogConfig::trim_keep` does: a processor that keeps its own
+    /// positions (the fraud worker) reads without pending entries, so what it has read but not
+    /// committed, and the history it re-reads at start, are protected only by this.
+    pub trim_keep: Duration,
 }
 
 impl Default for EmbeddedLogConfig {
@@ -66,6 +71,7 @@ impl Default for EmbeddedLogConfig {
             append_timeout: Duration::from_secs(5),
             dead_letter_max_len: 100_000,
             cache_bytes: 32 * 1024 * 1024,
+            trim_keep: Duration::ZERO,
         }
     }
 }
@@ -82,7 +88,7 @@ impl EmbeddedLogConfig {
     /// Parse `embedded:PATH?key=value&…` (also `embedded://PATH`). Known keys: `shards`,
     /// `durability` (`fsync` or `flush`), `high_water_mark`, `required_groups`
     /// (comma-separated), `queue_capacity`, `max_batch`, `append_timeout_ms`,
-    /// `dead_letter_max_len`, `cache_mb`. Unknown keys are errors, so a typo never goes
+    /// `dead_letter_max_len`, `cache_mb`, `trim_keep_s`. Unknown keys are errors, so a typo never goes
     /// unnoticed.
     pub fn from_url(url: &str) -> Result<Self, LogError> {
         let rest = url.strip_prefix("embedded:").ok_or_else(|| {
@@ -136,6 +142,7 @@ impl EmbeddedLogConfig {
                     config.append_timeout = Duration::from_millis(number("milliseconds")?);
                 }
                 "dead_letter_max_len" => config.dead_letter_max_len = number("an entry count")?,
+                "trim_keep_s" => config.trim_keep = Duration::from_secs(number("seconds")?),
                 "cache_mb" => {
                     config.cache_bytes = number("megabytes")?.saturating_mul(1024 * 1024);
                 }
@@ -185,7 +192,7 @@ mod tests {
     fn parses_url() {
         let c = EmbeddedLogConfig::from_url(
             "embedded:/var/lib/sluice/log?shards=4&durability=flush&high_water_mark=10\
-             &required_groups=a,b",
+             &required_groups=a,b&trim_keep_s=120",
         )
         .expect("valid url");
         assert_eq!(c.dir, PathBuf::from("/var/lib/sluice/log"));
@@ -193,6 +200,7 @@ mod tests {
         assert_eq!(c.durability, Durability::Flush);
         assert_eq!(c.high_water_mark, 10);
         assert_eq!(c.required_groups, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(c.trim_keep, Duration::from_secs(120));
 
         let c = EmbeddedLogConfig::from_url("embedded:./sluice-data").expect("relative path");
         assert_eq!(c.dir, PathBuf::from("./sluice-data"));

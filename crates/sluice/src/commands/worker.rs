@@ -123,6 +123,10 @@ pub struct ConsumerArgs {
     /// Batches committed concurrently (each on its own warehouse connection).
     #[arg(long, env = "SLUICE_COMMIT_CONCURRENCY", default_value_t = 2)]
     pub commit_concurrency: usize,
+    /// Group commit: most batches one commit takes when a backlog has queued them (1: every
+    /// batch is its own transaction).
+    #[arg(long, env = "SLUICE_COMMIT_BATCHES", default_value_t = 4)]
+    pub commit_batches: usize,
     /// Deliveries after which an entry goes to the dead-letter stream.
     #[arg(long, env = "SLUICE_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
@@ -146,6 +150,10 @@ impl ConsumerArgs {
         c.claim_idle = self.claim_idle;
         c.max_deliveries = self.max_deliveries;
         c.commit_concurrency = self.commit_concurrency.clamp(1, 16);
+        if self.commit_batches == 0 || self.commit_batches > 64 {
+            anyhow::bail!("--commit-batches must be between 1 and 64");
+        }
+        c.commit_batches = self.commit_batches;
         Ok(c)
     }
 }
