@@ -283,8 +283,9 @@ impl<P: Processor> Worker<P> {
             }
         }
 
-        // Reading, decoding and committing are three stages, each one batch ahead of the next,
-        // so the log's round trips, the decoding and the commits overlap on separate cores.
+        // Reading, decoding and committing are three stages, each one batch ahead of the next
+        // (decoded batches queue up to `commit_batches` for group commit), so the log's round
+        // trips, the decoding and the commits overlap on separate cores.
         let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<Entry>>(1);
         let commit_batches = self.config.commit_batches.max(1);
         let (tx, mut rx) = mpsc::channel::<Batch<P::Item>>(commit_batches);

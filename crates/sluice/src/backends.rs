@@ -51,6 +51,15 @@ pub struct LogArgs {
 
 /// `--trim-keep` when neither the flag nor the URL sets it.
 const DEFAULT_TRIM_KEEP: Duration = Duration::from_secs(300);
+/// The flag, else the URL's value, else the default.
+fn trim_keep(flag: Option<Duration>, from_url: Duration) -> Duration {
+    match flag {
+        Some(keep) => keep,
+        None if from_url.is_zero() => DEFAULT_TRIM_KEEP,
+        None => from_url,
+    }
+}
+
 /// `--trim-max-lag` when neither the flag nor the URL sets it.
 const DEFAULT_TRIM_MAX_LAG: Duration = Duration::from_secs(6 * 3600);
 
@@ -131,11 +140,7 @@ pub async fn open_log(
             if let Some(ms) = args.append_timeout_ms {
                 config.append_timeout = Duration::from_millis(ms);
             }
-            match args.trim_keep {
-                Some(keep) => config.trim_keep = keep,
-                None if config.trim_keep.is_zero() => config.trim_keep = DEFAULT_TRIM_KEEP,
-                None => {}
-            }
+            config.trim_keep = trim_keep(args.trim_keep, config.trim_keep);
             match args.trim_max_lag {
                 Some(lag) => config.trim_max_lag = (!lag.is_zero()).then_some(lag),
                 None if config.trim_max_lag.is_none() => {
@@ -160,11 +165,7 @@ pub async fn open_log(
             if let Some(ms) = args.append_timeout_ms {
                 config.append_timeout = Duration::from_millis(ms);
             }
-            match args.trim_keep {
-                Some(keep) => config.trim_keep = keep,
-                None if config.trim_keep.is_zero() => config.trim_keep = DEFAULT_TRIM_KEEP,
-                None => {}
-            }
+            config.trim_keep = trim_keep(args.trim_keep, config.trim_keep);
             config.required_groups = required;
             let dir = config.dir.display().to_string();
             let log = EmbeddedLog::open(config)
