@@ -258,11 +258,17 @@ type Env = common::Pipeline;
 trait FraudChecks {
     fn spawn(&self, processor: &str, consumer: &str, batch: &str) -> ChildGuard;
     async fn alerts(&self) -> Vec<Expect>;
+    async fn wait_drained(&self, group: &str, within: Duration);
 }
 
 impl FraudChecks for Env {
     fn spawn(&self, processor: &str, consumer: &str, batch: &str) -> ChildGuard {
         self.spawn_worker(processor, consumer, batch)
+    }
+
+    /// [`wait_group_drained`] on this test bed's log and warehouse.
+    async fn wait_drained(&self, group: &str, within: Duration) {
+        wait_group_drained(self.log.as_ref(), self.store.as_ref(), group, within).await;
     }
 
     /// Every alert row, as comparable rows; also checks nothing is stored twice.
@@ -379,13 +385,7 @@ async fn each_rule_fires_on_its_attack_and_traffic_raises_nothing() {
     assert_eq!(expect.len(), 8);
     env.append(&events).await;
     let worker = env.spawn("fraud", "f1", "2000");
-    wait_group_drained(
-        env.log.as_ref(),
-        env.store.as_ref(),
-        GROUP,
-        Duration::from_secs(120),
-    )
-    .await;
+    env.wait_drained(GROUP, Duration::from_secs(120)).await;
     drop(worker);
     assert_eq!(env.alerts().await, expect);
     // The alert rows carry the burst's first and last events and the rule's facts.
@@ -435,13 +435,7 @@ async fn entries_left_pending_in_the_fraud_group_are_released_and_evaluated() {
     }
     assert_eq!(held, 6_000);
     let worker = env.spawn("fraud", "f-new", "2000");
-    wait_group_drained(
-        env.log.as_ref(),
-        env.store.as_ref(),
-        GROUP,
-        Duration::from_secs(120),
-    )
-    .await;
+    env.wait_drained(GROUP, Duration::from_secs(120)).await;
     drop(worker);
     let lag = env.log.lag().await.expect("lag");
     let fraud = lag.iter().find(|g| g.group == GROUP).expect("fraud group");
@@ -476,13 +470,7 @@ async fn kill_9_the_fraud_worker_during_attacks_leaves_exactly_the_expected_aler
             break;
         }
     }
-    wait_group_drained(
-        env.log.as_ref(),
-        env.store.as_ref(),
-        GROUP,
-        Duration::from_secs(240),
-    )
-    .await;
+    env.wait_drained(GROUP, Duration::from_secs(240)).await;
     drop(worker);
     assert!(
         kills >= 5,
@@ -503,13 +491,8 @@ async fn a_stopped_fraud_worker_never_holds_the_warehouse_back_and_catches_up() 
     let total = events.len() as u64;
     env.append(&events).await;
     let warehouse = env.spawn("warehouse", "w1", "5000");
-    wait_group_drained(
-        env.log.as_ref(),
-        env.store.as_ref(),
-        "warehouse",
-        Duration::from_secs(240),
-    )
-    .await;
+    env.wait_drained("warehouse", Duration::from_secs(240))
+        .await;
     let stored = env.probe.events_count(SOURCE).await.expect("count");
     assert_eq!(stored as u64, total, "the warehouse has every event");
     assert_eq!(
@@ -524,13 +507,7 @@ async fn a_stopped_fraud_worker_never_holds_the_warehouse_back_and_catches_up() 
     );
     drop(warehouse);
     let fraud = env.spawn("fraud", "f1", "2000");
-    wait_group_drained(
-        env.log.as_ref(),
-        env.store.as_ref(),
-        GROUP,
-        Duration::from_secs(180),
-    )
-    .await;
+    env.wait_drained(GROUP, Duration::from_secs(180)).await;
     drop(fraud);
     assert_eq!(env.alerts().await, expect);
 }
@@ -650,13 +627,7 @@ async fn fraud_throughput_over_a_preloaded_backlog() {
     let handle = tokio::spawn(worker.run(async move {
         let _ = stopped.await;
     }));
-    wait_group_drained(
-        env.log.as_ref(),
-        env.store.as_ref(),
-        GROUP,
-        Duration::from_secs(600),
-    )
-    .await;
+    env.wait_drained(GROUP, Duration::from_secs(600)).await;
     let took = started.elapsed();
     let _ = stop.send(());
     handle.await.expect("join").expect("worker");
