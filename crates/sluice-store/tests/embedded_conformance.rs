@@ -133,12 +133,17 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
             (2, "rollups_offsets_dedupe".to_string()),
             (3, "events".to_string()),
             (4, "alerts".to_string()),
+            (5, "partial_user_indexes".to_string()),
         ]
     );
     let mode: String = probe
         .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
         .expect("journal_mode");
     assert_eq!(mode, "wal");
+    let page: i64 = probe
+        .with(|c| c.query_row("PRAGMA page_size", [], |r| r.get(0)))
+        .expect("page_size");
+    assert_eq!(page, 16384, "a new database has 16 KiB pages");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

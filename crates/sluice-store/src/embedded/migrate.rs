@@ -1,5 +1,5 @@
 //! Embedded migrations (`crates/sluice-store/migrations/sqlite/*.sql`), versioned like
-//! PostgreSQL's (1 api_keys, 2 rollups/offsets/dedupe, 3 events, 4 alerts), applied in order in
+//! PostgreSQL's (1 api_keys, 2 rollups/offsets/dedupe, 3 events, 4 alerts, 5 partial user indexes), applied in order in
 //! one `BEGIN IMMEDIATE` transaction and recorded in `schema_migrations`. Only one process opens
 //! a data directory (its lock file), and the immediate transaction serializes any other
 //! connection, so there is no race.
@@ -36,6 +36,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "alerts",
         sql: include_str!("../../migrations/sqlite/0004_alerts.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "partial_user_indexes",
+        sql: include_str!("../../migrations/sqlite/0005_partial_user_indexes.sql"),
     },
 ];
 

@@ -382,6 +382,10 @@ fn open_connection(db: &Path, opts: &SqliteOptions, role: Role) -> Result<Connec
     let conn = Connection::open_with_flags(db, flags).map_err(context)?;
     conn.busy_timeout(opts.busy_timeout).map_err(context)?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Takes effect only on a database without tables yet (a new data directory), and only
+    // before WAL mode is set; an older file keeps its page size.
+    conn.execute_batch(sql::NEW_DATABASE_PRAGMAS)
+        .map_err(context)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(context)?;

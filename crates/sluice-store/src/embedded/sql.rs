@@ -3,6 +3,12 @@
 //!
 //! Times are INTEGER microseconds since the Unix epoch (UTC); `day` is TEXT `YYYY-MM-DD`.
 
+/// The page size of a new database: 16 KiB instead of SQLite's 4 KiB. A commit dirties one
+/// `events (source, user_id, ts)` leaf per distinct user however large the page, and larger
+/// pages make shallower trees and fewer splits: `commit_throughput` (1M events, 5,000 users,
+/// batches of 20,000) commits ~25 % faster than with 4 KiB.
+pub(crate) const NEW_DATABASE_PRAGMAS: &str = "PRAGMA page_size = 16384;";
+
 /// Connection settings of every connection. `journal_mode = WAL` is persistent in the file;
 /// `synchronous` is per connection and set separately from `SqliteOptions`.
 pub(crate) const CONNECTION_PRAGMAS: &str = "
