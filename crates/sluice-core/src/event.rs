@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::JsonObject;
 
 /// The Segment call types, which are also sluice's event kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,14 +93,15 @@ pub struct Event {
     pub sent_at: Option<DateTime<Utc>>,
     #[serde(deserialize_with = "crate::rfc3339::deserialize")]
     pub received_at: DateTime<Utc>,
+    /// The free-form objects, kept as JSON text end to end (see [`JsonObject`]).
     #[serde(default)]
-    pub properties: Map<String, Value>,
+    pub properties: JsonObject,
     #[serde(default)]
-    pub traits: Map<String, Value>,
+    pub traits: JsonObject,
     #[serde(default)]
-    pub context: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub integrations: Map<String, Value>,
+    pub context: JsonObject,
+    #[serde(default, skip_serializing_if = "JsonObject::is_empty")]
+    pub integrations: JsonObject,
 }
 
 impl Event {
@@ -108,9 +111,12 @@ impl Event {
     }
 
     /// The IP the event came from: `context.ip` (set at ingest from the client address when the
-    /// client did not send one).
-    pub fn ip(&self) -> Option<&str> {
-        self.context.get("ip").and_then(Value::as_str)
+    /// client did not send one), when it is a string. Parses `context`.
+    pub fn ip(&self) -> Option<String> {
+        match self.context.get("ip") {
+            Some(Value::String(ip)) => Some(ip),
+            _ => None,
+        }
     }
 
     /// Serialize for the log. Serializing this type cannot fail (string keys, finite numbers).

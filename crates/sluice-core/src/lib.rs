@@ -5,6 +5,7 @@
 //! crate shares, and the place property tests live.
 
 pub mod event;
+pub mod json_object;
 pub mod keys;
 pub mod limits;
 pub mod log;
@@ -16,4 +17,5 @@ pub mod skew;
 pub mod warehouse;
 
 pub use event::{Event, EventKind};
+pub use json_object::JsonObject;
 pub use limits::Limits;

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind};
+use crate::json_object::JsonObject;
 use crate::limits::Limits;
 use crate::skew::corrected_timestamp;
 
@@ -632,27 +633,25 @@ impl Validator<'_> {
         if !self.problems.is_empty() {
             return None;
         }
-        Some(finish(
-            Event {
-                event_id,
-                source: ctx.source.to_string(),
-                kind,
-                name,
-                user_id,
-                anonymous_id,
-                group_id,
-                previous_id,
-                timestamp: corrected_timestamp(ctx.received_at, sent_at, original),
-                original_timestamp: original,
-                sent_at,
-                received_at: ctx.received_at,
-                properties,
-                traits,
-                context,
-                integrations,
-            },
-            ctx,
-        ))
+        add_client_ip(&mut context, ctx);
+        Some(Event {
+            event_id,
+            source: ctx.source.to_string(),
+            kind,
+            name,
+            user_id,
+            anonymous_id,
+            group_id,
+            previous_id,
+            timestamp: corrected_timestamp(ctx.received_at, sent_at, original),
+            original_timestamp: original,
+            sent_at,
+            received_at: ctx.received_at,
+            properties: JsonObject::from_map(&properties),
+            traits: JsonObject::from_map(&traits),
+            context: JsonObject::from_map(&context),
+            integrations: JsonObject::from_map(&integrations),
+        })
     }
 
     fn legacy(&mut self, mut m: Map<String, Value>, ctx: &Context<'_>) -> Option<Event> {
@@ -676,38 +675,35 @@ impl Validator<'_> {
             page.insert("url".into(), Value::String(url));
             context.insert("page".into(), Value::Object(page));
         }
-        Some(finish(
-            Event {
-                event_id: generate_event_id(),
-                source: ctx.source.to_string(),
-                kind: EventKind::Track,
-                name,
-                user_id,
-                anonymous_id: None,
-                group_id: None,
-                previous_id: None,
-                timestamp: ctx.received_at,
-                original_timestamp: None,
-                sent_at: None,
-                received_at: ctx.received_at,
-                properties,
-                traits: Map::new(),
-                context,
-                integrations: Map::new(),
-            },
-            ctx,
-        ))
+        add_client_ip(&mut context, ctx);
+        Some(Event {
+            event_id: generate_event_id(),
+            source: ctx.source.to_string(),
+            kind: EventKind::Track,
+            name,
+            user_id,
+            anonymous_id: None,
+            group_id: None,
+            previous_id: None,
+            timestamp: ctx.received_at,
+            original_timestamp: None,
+            sent_at: None,
+            received_at: ctx.received_at,
+            properties: JsonObject::from_map(&properties),
+            traits: JsonObject::empty(),
+            context: JsonObject::from_map(&context),
+            integrations: JsonObject::empty(),
+        })
     }
 }
 
-fn finish(mut event: Event, ctx: &Context<'_>) -> Event {
+/// The client address as `context.ip`, unless the client sent one.
+fn add_client_ip(context: &mut Map<String, Value>, ctx: &Context<'_>) {
     if let Some(ip) = ctx.client_ip {
-        event
-            .context
+        context
             .entry("ip")
             .or_insert_with(|| Value::String(ip.to_string()));
     }
-    event
 }
 
 /// A new event id: a UUIDv7, so generated ids sort by time.

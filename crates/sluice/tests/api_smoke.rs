@@ -17,5 +17,8 @@ async fn track_lands_in_the_log_once() {
     assert_eq!(events[0].event_id, "m-1");
     assert_eq!(events[0].name.as_deref(), Some("Signed Up"));
     assert_eq!(events[0].source, app.source);
-    assert_eq!(events[0].properties["plan"], "pro");
+    assert_eq!(
+        events[0].properties.get("plan"),
+        Some(serde_json::json!("pro"))
+    );
 }

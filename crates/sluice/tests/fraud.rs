@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use sluice_core::log::{parse_position, EventLog, StartFrom};
 use sluice_core::shard::shard_for;
 use sluice_core::warehouse::{Alert, Warehouse};
-use sluice_core::{Event, EventKind};
+use sluice_core::{Event, EventKind, JsonObject};
 use sluice_store::testing::conformance::Probe;
 use sluice_store::testing::TestDb;
 use sluice_store::PgOptions;
@@ -77,10 +77,10 @@ fn ev(id: &str, user: &str, name: &str, ip: &str, t: i64) -> Event {
         original_timestamp: Some(at),
         sent_at: Some(at),
         received_at: at,
-        properties,
-        traits: Map::new(),
-        context,
-        integrations: Map::new(),
+        properties: properties.into(),
+        traits: JsonObject::empty(),
+        context: context.into(),
+        integrations: JsonObject::empty(),
     }
 }
 

@@ -401,7 +401,7 @@ async fn top_active_users_and_user_events_equal_rust_and_sql() {
             )
             .await;
             let got: Vec<Event> =
-                serde_json::from_value(body["events"].clone()).expect("canonical events");
+                serde_json::from_str(&body["events"].to_string()).expect("canonical events");
             let w: Vec<Event> = want.iter().take(limit).map(|e| (*e).clone()).collect();
             assert_eq!(got, w, "{param}={value} limit {limit}");
         }

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{params, Connection, Row, TransactionBehavior};
-use serde_json::{Map, Value};
 use sluice_core::warehouse::{Alert, CommitOutcome, ShardPosition, StoreError};
-use sluice_core::{Event, EventKind};
+use sluice_core::{Event, EventKind, JsonObject};
 
 use super::{sql, sqlite_error};
 use crate::common::parse_log_id;
@@ -48,11 +47,6 @@ pub(crate) fn day_of(us: i64) -> Option<NaiveDate> {
 /// The stored form of a day: `YYYY-MM-DD`.
 pub(crate) fn day_text(day: NaiveDate) -> String {
     day.format("%Y-%m-%d").to_string()
-}
-
-fn json_text(map: &Map<String, Value>) -> String {
-    // Serializing a map of JSON values cannot fail (string keys, finite numbers).
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
 }
 
 /// One event as the values of an `events` row.
@@ -90,10 +84,10 @@ impl EventRow {
             original_ts: e.original_timestamp.map(micros),
             sent_at: e.sent_at.map(micros),
             received_at: micros(e.received_at),
-            properties: json_text(&e.properties),
-            traits: json_text(&e.traits),
-            context: json_text(&e.context),
-            integrations: json_text(&e.integrations),
+            properties: e.properties.as_str().to_owned(),
+            traits: e.traits.as_str().to_owned(),
+            context: e.context.as_str().to_owned(),
+            integrations: e.integrations.as_str().to_owned(),
         }
     }
 
@@ -356,9 +350,12 @@ pub(crate) fn read_event(r: &Row<'_>) -> Result<Event, StoreError> {
             .map(from_micros)
             .transpose()
     };
-    let json = |i: usize| -> Result<Map<String, Value>, StoreError> {
-        let text: String = r.get(i).map_err(sqlite_error)?;
-        serde_json::from_str(&text)
+    let json = |i: usize| -> Result<JsonObject, StoreError> {
+        let text: &str = r
+            .get_ref(i)
+            .and_then(|v| v.as_str().map_err(Into::into))
+            .map_err(sqlite_error)?;
+        JsonObject::parse(text)
             .map_err(|err| StoreError::Other(format!("stored event JSON is invalid: {err}")))
     };
     Ok(Event {

@@ -3,11 +3,12 @@
 //! is in `sql.rs`; parameters are always bound.
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use serde_json::{Map, Value};
+
 use sluice_core::warehouse::{
     ActiveUsers, Alert, CountPoint, DayCount, Interval, NameCount, StoreError, TimeRange, UserRef,
 };
-use sluice_core::{Event, EventKind};
+use sluice_core::{Event, EventKind, JsonObject};
+use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 
 use super::{pg_error, sql, PgWarehouse};
@@ -208,11 +209,9 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
     })
 }
 
-fn object(row: &Row, idx: usize) -> Result<Map<String, Value>, StoreError> {
-    match row.try_get::<_, Value>(idx).map_err(pg_error)? {
-        Value::Object(map) => Ok(map),
-        _ => Ok(Map::new()),
-    }
+fn object(row: &Row, idx: usize) -> Result<JsonObject, StoreError> {
+    let Json(object) = row.try_get::<_, Json<JsonObject>>(idx).map_err(pg_error)?;
+    Ok(object)
 }
 
 pub(crate) async fn alerts(

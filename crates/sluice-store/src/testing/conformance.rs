@@ -13,7 +13,7 @@ use sluice_core::warehouse::{
     ActiveUsers, Alert, CommitOutcome, CountPoint, DayCount, Interval, NameCount, ShardPosition,
     StoreError, TimeRange, UserRef, Warehouse,
 };
-use sluice_core::{Event, EventKind};
+use sluice_core::{Event, EventKind, JsonObject};
 
 /// Read access to a backend's stored data, for assertions.
 #[async_trait]
@@ -70,10 +70,10 @@ pub fn event(source: &str, id: &str, name: &str, user: Option<&str>, ts: DateTim
         original_timestamp: Some(ts),
         sent_at: Some(ts),
         received_at: Utc::now(),
-        properties,
-        traits: Map::new(),
-        context,
-        integrations: Map::new(),
+        properties: properties.into(),
+        traits: JsonObject::empty(),
+        context: context.into(),
+        integrations: JsonObject::empty(),
     }
 }
 
@@ -595,7 +595,7 @@ pub fn query_events(source: &str, n: usize, seed: u64) -> Vec<Event> {
                 e.kind = EventKind::Identify;
                 e.name = None;
                 e.user_id = Some(format!("u{user}"));
-                e.traits.insert("plan".into(), json!("team"));
+                e.traits = JsonObject::parse(r#"{"plan":"team"}"#).expect("object");
             }
             2 => e.anonymous_id = None, // no user at all
             3..=5 => {}                 // anonymous only

@@ -174,7 +174,7 @@ impl From<&Event> for Signal {
             name: e.name.clone(),
             user_id: e.user_id.clone(),
             anonymous_id: e.anonymous_id.clone(),
-            ip: e.ip().map(str::to_owned),
+            ip: e.ip(),
             timestamp: e.timestamp,
             original_timestamp: e.original_timestamp,
             sent_at: e.sent_at,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 use sluice_core::warehouse::Alert;
-use sluice_core::{Event, EventKind};
+use sluice_core::{Event, EventKind, JsonObject};
 
 use super::config::FraudConfig;
 use super::detector::{Detector, FraudStats, Signal};
@@ -40,10 +40,10 @@ fn ev(id: &str, user: &str, name: &str, ip: Option<&str>, ms: i64) -> Event {
         original_timestamp: Some(t),
         sent_at: Some(t),
         received_at: t,
-        properties: Map::new(),
-        traits: Map::new(),
-        context,
-        integrations: Map::new(),
+        properties: JsonObject::empty(),
+        traits: JsonObject::empty(),
+        context: context.into(),
+        integrations: JsonObject::empty(),
     }
 }
 
