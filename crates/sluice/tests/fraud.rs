@@ -446,7 +446,9 @@ async fn entries_left_pending_in_the_fraud_group_are_released_and_evaluated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_fraud_worker_during_attacks_leaves_exactly_the_expected_alerts() {
     let env = Env::new().await;
-    let (events, expect) = scenario(120_000, 10, 2);
+    // Enough traffic, and kills often enough, that a fast machine still drains it only after
+    // several kills (a kill before the worker made progress is harmless).
+    let (events, expect) = scenario(200_000, 10, 2);
     assert_eq!(expect.len(), 40);
     env.append(&events).await;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
@@ -454,7 +456,7 @@ async fn kill_9_the_fraud_worker_during_attacks_leaves_exactly_the_expected_aler
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while kills < 8 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..800))).await;
         worker.kill9();
         kills += 1;
         assert!(Instant::now() < deadline, "too slow");
