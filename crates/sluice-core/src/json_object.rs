@@ -35,6 +35,14 @@ impl JsonObject {
         }
     }
 
+    /// An owned copy of a JSON value when it is an object.
+    pub fn from_raw_value(raw: &RawValue) -> Option<JsonObject> {
+        raw.get()
+            .trim_start()
+            .starts_with('{')
+            .then(|| JsonObject(raw.to_owned()))
+    }
+
     /// Validate `text` as a JSON object (stored text read back, a log payload).
     pub fn parse(text: &str) -> Result<JsonObject, serde_json::Error> {
         let raw: Box<RawValue> = serde_json::from_str(text)?;

@@ -10,6 +10,14 @@
 //! body into raw items and finds a `writeKey` in it, then [`build_events`] validates each item and
 //! builds events for the authenticated source. Every problem is reported with its JSON path; an
 //! invalid item never stops the valid ones of the same batch.
+//!
+//! An item is read as its top-level members with unparsed values: the free-form objects
+//! (`properties`, `traits`, `integrations`) are checked to be objects, their depth counted on the
+//! text, and kept as the client wrote them ([`crate::JsonObject`]); only `context` and objects
+//! sluice adds to (`category`, batch-level `integrations`) are parsed and re-written.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -399,19 +407,34 @@ impl Validator<'_> {
             );
             return None;
         }
-        let value: Value = match serde_json::from_str(raw) {
-            Ok(v) => v,
+        // Top-level members with their values unparsed; the free-form objects stay text (they
+        // go to the log as they came), everything else becomes a `Value` to validate.
+        let members: BTreeMap<Key<'_>, &RawValue> = match serde_json::from_str(raw) {
+            Ok(m) => m,
+            Err(e) if e.is_data() => {
+                self.problem("", "each event must be a JSON object");
+                return None;
+            }
             Err(e) => {
                 let p = json_error("", &e);
                 self.problem("", p.message);
                 return None;
             }
         };
-        let Value::Object(mut m) = value else {
-            self.problem("", "each event must be a JSON object");
-            return None;
-        };
-        let depth = 1 + m.values().map(json_depth).max().unwrap_or(0);
+        let mut m = Map::new();
+        let mut objects = Objects::default();
+        let mut depth = 1;
+        for (Key(k), v) in members {
+            if let Some(slot) = objects.slot(&k) {
+                depth = depth.max(1 + raw_depth(v.get()));
+                *slot = Some(v);
+            } else {
+                // Valid JSON already (the whole item parsed).
+                let value: Value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
+                depth = depth.max(1 + json_depth(&value));
+                m.insert(k.into_owned(), value);
+            }
+        }
         if depth > self.limits.max_json_depth {
             self.problem(
                 "",
@@ -424,13 +447,15 @@ impl Validator<'_> {
         }
         m.remove("writeKey");
         match body.shape {
-            Shape::Legacy => self.legacy(m, ctx),
+            Shape::Legacy => self.legacy(m, &objects, ctx),
             Shape::SegmentSingle(kind) => {
-                self.message(m, &SEGMENT, Some(kind), body, ctx, batch_sent_at)
+                self.message(m, &objects, &SEGMENT, Some(kind), body, ctx, batch_sent_at)
             }
-            Shape::SegmentBatch => self.message(m, &SEGMENT, None, body, ctx, batch_sent_at),
+            Shape::SegmentBatch => {
+                self.message(m, &objects, &SEGMENT, None, body, ctx, batch_sent_at)
+            }
             Shape::NativeArray | Shape::NativeNdjson => {
-                self.message(m, &NATIVE, None, body, ctx, None)
+                self.message(m, &objects, &NATIVE, None, body, ctx, None)
             }
         }
     }
@@ -489,14 +514,16 @@ impl Validator<'_> {
         }
     }
 
-    fn object(&mut self, m: &mut Map<String, Value>, field: &str) -> Map<String, Value> {
-        match m.remove(field) {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(o)) => o,
-            Some(_) => {
-                self.problem(field, "must be an object");
-                Map::new()
-            }
+    /// A free-form object member: absent or `null` is `None`, anything but an object a problem.
+    fn object<'r>(&mut self, raw: Option<&'r RawValue>, field: &str) -> Option<&'r RawValue> {
+        let raw = raw?;
+        if raw.get() == "null" {
+            None
+        } else if raw.get().starts_with('{') {
+            Some(raw)
+        } else {
+            self.problem(field, "must be an object");
+            None
         }
     }
 
@@ -537,9 +564,11 @@ impl Validator<'_> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn message(
         &mut self,
         mut m: Map<String, Value>,
+        objects: &Objects<'_>,
         names: &Names,
         route_kind: Option<EventKind>,
         body: &Body<'_>,
@@ -584,15 +613,30 @@ impl Validator<'_> {
                 None
             }
         };
-        let mut properties = self.object(&mut m, "properties");
-        let traits = self.object(&mut m, "traits");
-        let mut context = self.object(&mut m, "context");
-        let mut integrations = self.object(&mut m, "integrations");
-        if let Some(Value::String(category)) = m.remove("category") {
-            properties
-                .entry("category")
-                .or_insert(Value::String(category));
-        }
+        let properties = self.object(objects.properties, "properties");
+        let traits = self.object(objects.traits, "traits");
+        let context = self.object(objects.context, "context");
+        let integrations = self.object(objects.integrations, "integrations");
+        // Objects sluice adds to are parsed; the others go on as the client wrote them.
+        let properties = match m.remove("category") {
+            Some(Value::String(category)) => {
+                let mut map = parse_object(properties);
+                map.entry("category").or_insert(Value::String(category));
+                JsonObject::from_map(&map)
+            }
+            _ => owned_object(properties),
+        };
+        let mut context = parse_object(context);
+        let integrations = match &body.batch_integrations {
+            Some(batch) if !batch.is_empty() => {
+                let mut map = parse_object(integrations);
+                for (k, v) in batch {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                JsonObject::from_map(&map)
+            }
+            _ => owned_object(integrations),
+        };
         let original = match self.time(&mut m, names.timestamp) {
             Some(t) => Some(t),
             None => self.time(&mut m, names.original_timestamp),
@@ -625,11 +669,6 @@ impl Validator<'_> {
                 context.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        if let Some(batch) = &body.batch_integrations {
-            for (k, v) in batch {
-                integrations.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
         if !self.problems.is_empty() {
             return None;
         }
@@ -647,17 +686,22 @@ impl Validator<'_> {
             original_timestamp: original,
             sent_at,
             received_at: ctx.received_at,
-            properties: JsonObject::from_map(&properties),
-            traits: JsonObject::from_map(&traits),
+            properties,
+            traits: owned_object(traits),
             context: JsonObject::from_map(&context),
-            integrations: JsonObject::from_map(&integrations),
+            integrations,
         })
     }
 
-    fn legacy(&mut self, mut m: Map<String, Value>, ctx: &Context<'_>) -> Option<Event> {
+    fn legacy(
+        &mut self,
+        mut m: Map<String, Value>,
+        objects: &Objects<'_>,
+        ctx: &Context<'_>,
+    ) -> Option<Event> {
         let name = self.name(&mut m, "eventName", true);
         let user_id = self.id(&mut m, "userId");
-        let properties = self.object(&mut m, "metadata");
+        let properties = owned_object(self.object(objects.metadata, "metadata"));
         let url = match m.remove("url") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s),
@@ -689,12 +733,79 @@ impl Validator<'_> {
             original_timestamp: None,
             sent_at: None,
             received_at: ctx.received_at,
-            properties: JsonObject::from_map(&properties),
+            properties,
             traits: JsonObject::empty(),
             context: JsonObject::from_map(&context),
             integrations: JsonObject::empty(),
         })
     }
+}
+
+/// A message member's name: borrowed from the body unless it holds escapes.
+#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// The free-form object members of a message, unparsed (validated as JSON, not yet as objects).
+#[derive(Default)]
+struct Objects<'a> {
+    properties: Option<&'a RawValue>,
+    traits: Option<&'a RawValue>,
+    context: Option<&'a RawValue>,
+    integrations: Option<&'a RawValue>,
+    /// The replaced system's `metadata`: its events' properties.
+    metadata: Option<&'a RawValue>,
+}
+
+impl<'a> Objects<'a> {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a RawValue>> {
+        match key {
+            "properties" => Some(&mut self.properties),
+            "traits" => Some(&mut self.traits),
+            "context" => Some(&mut self.context),
+            "integrations" => Some(&mut self.integrations),
+            "metadata" => Some(&mut self.metadata),
+            _ => None,
+        }
+    }
+}
+
+/// A validated object member as a map (`{}` when absent).
+fn parse_object(raw: Option<&RawValue>) -> Map<String, Value> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default()
+}
+
+/// A validated object member as the event keeps it, its text unchanged (`{}` when absent).
+fn owned_object(raw: Option<&RawValue>) -> JsonObject {
+    raw.and_then(JsonObject::from_raw_value).unwrap_or_default()
+}
+
+/// Nesting depth of valid JSON text, as [`json_depth`] counts it, without building the value.
+pub fn raw_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// The client address as `context.ip`, unless the client sent one.

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use sluice_core::parse::{build_events, parse_body, Context, Shape};
+use sluice_core::parse::{build_events, json_depth, parse_body, raw_depth, Context, Shape};
 use sluice_core::{EventKind, Limits};
 
 fn received() -> DateTime<Utc> {
@@ -100,6 +100,16 @@ impl Track {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
+    /// The depth limit reads free-form objects as text: it must count as the tree does, whatever
+    /// the strings hold (brackets, quotes, backslashes) and however the text is laid out.
+    #[test]
+    fn raw_depth_counts_as_json_depth(value in json_value()) {
+        let compact = serde_json::to_string(&value).expect("serialize");
+        let pretty = serde_json::to_string_pretty(&value).expect("serialize");
+        prop_assert_eq!(raw_depth(&compact), json_depth(&value));
+        prop_assert_eq!(raw_depth(&pretty), json_depth(&value));
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(shape in shapes(), body in prop::collection::vec(any::<u8>(), 0..512)) {
         let limits = Limits::default();
@@ -173,4 +183,46 @@ proptest! {
             prop_assert_eq!(e.context.get("app"), Some(json!({"name": "p"})));
         }
     }
+}
+
+/// Free-form objects sluice does not add to reach the log as the client wrote them (number
+/// spelling, escapes, key order), and those it adds to are still objects with the additions.
+#[test]
+fn free_form_objects_keep_their_text_unless_sluice_adds_to_them() {
+    let limits = Limits::default();
+    let props = r#"{"z":1.50,"a":"\u00e9\"]}","n":[{"d":{}}]}"#;
+    let traits = r#"{ "plan" : "pro" }"#;
+    let body = format!(
+        r#"{{"batch":[
+            {{"type":"identify","userId":"u1","traits":{traits},"properties":{props}}},
+            {{"type":"page","userId":"u1","category":"Docs","properties":{props}}},
+            {{"type":"track","userId":"u1","event":"E","properties":null,"context":{{"ip":"203.0.113.1"}}}},
+            {{"type":"track","userId":"u1","event":"E","properties":[1]}}
+        ],"integrations":{{"All":false}}}}"#
+    );
+    let parsed = parse_body(Shape::SegmentBatch, body.as_bytes(), &limits).expect("valid body");
+    let outcome = build_events(&parsed, &ctx(&limits));
+    assert_eq!(outcome.accepted.len(), 3, "{:?}", outcome.rejected);
+    let [identify, page, track] = &outcome.accepted[..] else {
+        unreachable!()
+    };
+    assert_eq!(identify.properties.as_str(), props);
+    assert_eq!(identify.traits.as_str(), traits);
+    assert_eq!(
+        identify.properties.get("a"),
+        Some(json!("\u{e9}\"]}")),
+        "escapes still mean what they meant"
+    );
+    // `category` goes into the page's properties; batch integrations and the client address
+    // into every event (a client's own `context.ip` wins).
+    assert_eq!(page.properties.get("category"), Some(json!("Docs")));
+    assert_eq!(page.properties.get("z"), Some(json!(1.5)));
+    assert_eq!(identify.integrations.get("All"), Some(json!(false)));
+    assert_eq!(identify.context.get("ip"), Some(json!("198.51.100.9")));
+    assert!(track.properties.is_empty());
+    assert_eq!(track.context.get("ip"), Some(json!("203.0.113.1")));
+    let rejected = &outcome.rejected[0];
+    assert_eq!(rejected.index, 3);
+    assert_eq!(rejected.errors[0].path, "batch[3].properties");
+    assert_eq!(rejected.errors[0].message, "must be an object");
 }
