@@ -23,10 +23,12 @@ cpu0=$(cpu $SERVE)
     r=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$SERVE/status 2>/dev/null || echo 0)
     echo "$r"; sleep 0.5
   done ) > "$DATA/rss" &
-$B bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
+/usr/bin/time -f "bench CPU: %U s user + %S s system" -o "$DATA/bench.time" \
+  $B bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
   --concurrency 50 --duration "$DUR" --verify --store "embedded:$DATA/d" | tee "$DATA/bench.json"
 cpu1=$(cpu $SERVE)
 landed=$(grep -oE '"landed": [0-9]+' "$DATA/bench.json" | grep -oE '[0-9]+$')
+cat "$DATA/bench.time"
 echo "serve CPU: $(( (cpu1 - cpu0) / TCK )) s, $(( (cpu1 - cpu0) * 1000000 / TCK / (landed > 0 ? landed : 1) )) µs per landed event"
 grep -E "^(Rss|Anonymous|AnonHugePages|Shared_Clean|Private_Clean)" /proc/$SERVE/smaps_rollup | tr -s ' ' | paste -sd' '
 echo "serve RSS peak: $(sort -n "$DATA/rss" | tail -1) MB, last: $(tail -1 "$DATA/rss") MB"

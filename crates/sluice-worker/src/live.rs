@@ -1,7 +1,9 @@
 //! The live aggregator: per-second counts of what the log receives, for `GET /v1/live` and the
 //! dashboard. Every API process runs one; it tails the log without a consumer group
 //! (`EventLog::tail`), so each instance sees every new event and none of them moves any
-//! processor's position.
+//! processor's position. Over the embedded log, which only its own process writes to,
+//! `sluice serve` runs it fed instead ([`LiveHub::spawn_fed`]): the API records each request's
+//! events once their append succeeded, and nothing is read back from the log.
 //!
 //! ```text
 //!  tailer task ── tail(cursor) ─▶ decode source/kind/name ─▶ [current second, Mutex]
@@ -224,6 +226,8 @@ struct Lite<'a> {
 
 struct Shared {
     config: LiveConfig,
+    /// Counts what the API records instead of tailing the log.
+    fed: bool,
     current: Mutex<Current>,
     alerts: Mutex<VecDeque<Alert>>,
     lag: Mutex<BTreeMap<String, GroupBacklog>>,
@@ -251,23 +255,37 @@ impl LiveHub {
     /// Start tailing `log` from its end and publishing a snapshot every second. Must be called
     /// inside a tokio runtime.
     pub fn spawn(log: Arc<dyn EventLog>, config: LiveConfig) -> LiveHub {
-        let (tx, _) = watch::channel(Arc::new(Snapshot {
-            window_secs: config.window_secs,
-            ..Snapshot::default()
-        }));
-        let shared = Arc::new(Shared {
-            config,
-            current: Mutex::new(Current::default()),
-            alerts: Mutex::new(VecDeque::new()),
-            lag: Mutex::new(BTreeMap::new()),
-            tx,
-            clients: AtomicUsize::new(0),
-            stats: LiveStats::default(),
-        });
+        let shared = Shared::new(config, false);
         tokio::spawn(tailer(Arc::downgrade(&shared), log.clone()));
+        LiveHub::start(shared, log)
+    }
+
+    /// Like [`LiveHub::spawn`], but counting only what is given to [`LiveHub::record`] instead
+    /// of tailing the log: for a log this process alone writes to (the embedded log), where the
+    /// API records what it appended and no entry has to be read back and decoded.
+    pub fn spawn_fed(log: Arc<dyn EventLog>, config: LiveConfig) -> LiveHub {
+        let shared = Shared::new(config, true);
+        LiveHub::start(shared, log)
+    }
+
+    fn start(shared: Arc<Shared>, log: Arc<dyn EventLog>) -> LiveHub {
         tokio::spawn(ticker(Arc::downgrade(&shared)));
         tokio::spawn(lag_poller(Arc::downgrade(&shared), log));
         LiveHub { shared }
+    }
+
+    /// Whether this hub counts what [`LiveHub::record`] is given (rather than tailing the log).
+    pub fn is_fed(&self) -> bool {
+        self.shared.fed
+    }
+
+    /// Count events of `source` that were just durably appended, by name (the warehouse's
+    /// rollup name: the event's name, else its kind). Only a hub made by
+    /// [`LiveHub::spawn_fed`] counts them; a tailing hub ignores the call (it will read them).
+    pub fn record<'a>(&self, source: &str, names: impl Iterator<Item = &'a str>) {
+        if self.shared.fed {
+            self.shared.count(names.map(|name| (source, name)));
+        }
     }
 
     /// A receiver of the per-second snapshots (it sees only the latest: a slow reader skips).
@@ -331,22 +349,57 @@ impl Drop for ClientGuard {
 
 impl Shared {
     /// Count decoded entries into the current second.
-    fn count(&self, payloads: impl Iterator<Item = bytes::Bytes>) {
+    fn new(config: LiveConfig, fed: bool) -> Arc<Shared> {
+        let (tx, _) = watch::channel(Arc::new(Snapshot {
+            window_secs: config.window_secs,
+            ..Snapshot::default()
+        }));
+        Arc::new(Shared {
+            config,
+            fed,
+            current: Mutex::new(Current::default()),
+            alerts: Mutex::new(VecDeque::new()),
+            lag: Mutex::new(BTreeMap::new()),
+            tx,
+            clients: AtomicUsize::new(0),
+            stats: LiveStats::default(),
+        })
+    }
+
+    /// Count log payloads (canonical event JSON) read by the tailer.
+    fn count_payloads(&self, payloads: impl Iterator<Item = bytes::Bytes>) {
+        let payloads: Vec<bytes::Bytes> = payloads.collect();
+        let lites: Vec<Lite<'_>> = payloads
+            .iter()
+            .filter_map(|p| match serde_json::from_slice::<Lite<'_>>(p) {
+                Ok(lite) => Some(lite),
+                Err(_) => {
+                    self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            })
+            .collect();
+        // The warehouse's rollup name rule: the name, else the kind.
+        self.count(
+            lites
+                .iter()
+                .map(|l| (l.source.as_ref(), l.name.as_deref().unwrap_or(&l.kind))),
+        );
+    }
+
+    /// Count events by `(source, name)` into the current second.
+    fn count<'a>(&self, events: impl Iterator<Item = (&'a str, &'a str)>) {
         let config = &self.config;
         let Ok(mut current) = self.current.lock() else {
             return;
         };
         let mut counted = 0u64;
-        for payload in payloads {
-            let Ok(lite) = serde_json::from_slice::<Lite<'_>>(&payload) else {
-                self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
+        for (source, name) in events {
             let tracked = current.sources.len();
-            let source = match current.sources.get_mut(lite.source.as_ref()) {
+            let source = match current.sources.get_mut(source) {
                 Some(s) => s,
                 None if tracked < config.max_sources => {
-                    current.sources.entry(lite.source.into_owned()).or_default()
+                    current.sources.entry(source.to_owned()).or_default()
                 }
                 None => {
                     self.stats.untracked.fetch_add(1, Ordering::Relaxed);
@@ -355,12 +408,10 @@ impl Shared {
             };
             counted += 1;
             source.total += 1;
-            // The warehouse's rollup name rule: the name, else the kind.
-            let name = lite.name.unwrap_or(lite.kind);
-            if let Some(n) = source.names.get_mut(name.as_ref()) {
+            if let Some(n) = source.names.get_mut(name) {
                 *n += 1;
             } else if source.names.len() < config.max_names_per_second {
-                source.names.insert(Arc::from(name.as_ref()), 1);
+                source.names.insert(Arc::from(name), 1);
             } else {
                 source.other += 1;
             }
@@ -586,7 +637,7 @@ async fn tailer(shared: Weak<Shared>, log: Arc<dyn EventLog>) {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
-                shared.count(entries.into_iter().map(|e| e.payload));
+                shared.count_payloads(entries.into_iter().map(|e| e.payload));
             }
             Err(e) => {
                 let Some(shared) = shared.upgrade() else {
@@ -680,17 +731,8 @@ mod tests {
         serde_json::to_vec(&v).unwrap_or_default().into()
     }
 
-    fn shared(config: LiveConfig) -> Shared {
-        let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
-        Shared {
-            config,
-            current: Mutex::new(Current::default()),
-            alerts: Mutex::new(VecDeque::new()),
-            lag: Mutex::new(BTreeMap::new()),
-            tx,
-            clients: AtomicUsize::new(0),
-            stats: LiveStats::default(),
-        }
+    fn shared(config: LiveConfig) -> Arc<Shared> {
+        Shared::new(config, false)
     }
 
     #[test]
@@ -718,7 +760,7 @@ mod tests {
         payloads.push(event("s2", Some("x")));
         payloads.push(event("s3", Some("y")));
         payloads.push(bytes::Bytes::from_static(b"not json"));
-        s.count(payloads.into_iter());
+        s.count_payloads(payloads.into_iter());
         let current = s.take_current();
         let s1 = &current.sources["s1"];
         assert_eq!(s1.total, 11);

@@ -112,6 +112,12 @@ impl LogArgs {
     pub fn url(&self) -> &str {
         self.log_url.as_deref().unwrap_or(DEFAULT_LOG_URL)
     }
+
+    /// Whether the log is the embedded one (then this process is its only writer: one process
+    /// per data directory).
+    pub fn is_embedded(&self) -> bool {
+        scheme(self.url()) == "embedded"
+    }
 }
 
 fn scheme(url: &str) -> &str {

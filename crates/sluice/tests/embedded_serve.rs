@@ -329,6 +329,8 @@ async fn keys_are_managed_beside_a_running_serve() {
     }
 }
 
+/// Over the embedded log the live view is fed by the API (nothing tails the log): the events of
+/// a request are counted once appended, by name, and a rejected request counts nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fraud_alerts_reach_the_live_view() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -352,6 +354,14 @@ async fn fraud_alerts_reach_the_live_view() {
         .await
         .expect("post");
     assert_eq!(resp.status(), 200);
+    let rejected = http
+        .post(format!("{}/v1/batch", serve.base))
+        .basic_auth(&write_key, Some(""))
+        .json(&json!({ "batch": [{"type": "track", "userId": "bot-1"}] }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(rejected.status(), 400);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let live: serde_json::Value = http
@@ -364,8 +374,14 @@ async fn fraud_alerts_reach_the_live_view() {
             .await
             .expect("live JSON");
         let alerts = live["alerts"].as_array().cloned().unwrap_or_default();
-        if let Some(a) = alerts.iter().find(|a| a["rule"] == "user_rate") {
+        let alerted = alerts.iter().find(|a| a["rule"] == "user_rate");
+        if let (Some(a), 150) = (alerted, live["total_5m"].as_u64().unwrap_or(0)) {
             assert_eq!(a["subject"], "bot-1", "{a}");
+            assert_eq!(
+                live["by_name_5m"],
+                json!([{"name": "click", "count": 150}]),
+                "{live}"
+            );
             break;
         }
         assert!(

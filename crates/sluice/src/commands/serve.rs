@@ -212,7 +212,13 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         config,
         shutdown.clone(),
     ));
-    let live = LiveHub::spawn(log.clone(), LiveConfig::default());
+    // An embedded log has no other writer than this process's API, so the API counts what it
+    // appends instead of the aggregator reading every entry back from the log.
+    let live = if args.api.log.is_embedded() {
+        LiveHub::spawn_fed(log.clone(), LiveConfig::default())
+    } else {
+        LiveHub::spawn(log.clone(), LiveConfig::default())
+    };
     // The fraud worker: its own group and position, beside the warehouse worker; its alerts are
     // pushed live to the dashboard as they commit.
     let hook: AlertHook = {
