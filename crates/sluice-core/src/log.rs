@@ -131,6 +131,16 @@ pub trait EventLog: Send + Sync + 'static {
     /// entries after that id. Pending entries are left as they are.
     async fn rewind_group(&self, group: &str, positions: &[(u32, String)]) -> Result<(), LogError>;
 
+    /// Tell the log that the group's effects are committed through `(shard, last id)` on each
+    /// given shard. A group read without acknowledgements ([`EventLog::read_new_unacked`]) has
+    /// no pending entries to hold trimming back from what it read but has not committed; a log
+    /// that keeps such a mark (the embedded one, from the group's last rewind on) never trims
+    /// past it. The default keeps nothing: Redis relies on `trim_keep` for these groups.
+    async fn confirm(&self, group: &str, positions: &[(u32, String)]) -> Result<(), LogError> {
+        let _ = (group, positions);
+        Ok(())
+    }
+
     /// Entries delivered earlier to this same consumer and not acknowledged (after a restart).
     async fn read_own_pending(
         &self,

@@ -408,6 +408,56 @@ async fn trim_keep_holds_recent_entries_below_unacked_readers() {
     }
 }
 
+/// A group that keeps its own positions holds trimming at what it confirmed as committed, not at
+/// what it read: `confirm` advances that floor, a rewind sets it, and it survives a restart (a
+/// trim by another worker before this one's rewind cannot pass it either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_stops_at_the_committed_floor_of_an_unacked_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log");
+    let open = || {
+        let mut c = config(&path);
+        c.trim_keep = Duration::ZERO;
+        EmbeddedLog::open(c)
+    };
+    let log = open().await.expect("open");
+    log.ensure_group("w", StartFrom::Beginning)
+        .await
+        .expect("group");
+    log.append(conformance::records(&log, "f", 100))
+        .await
+        .expect("append");
+    // The start of a run: rewound to nothing committed; then everything is read, and the first
+    // 30 read are committed.
+    let zero: Vec<(u32, String)> = (0..4).map(|s| (s, "0-0".to_owned())).collect();
+    log.rewind_group("w", &zero).await.expect("rewind");
+    let mut read = Vec::new();
+    while read.len() < 100 {
+        let got = log
+            .read_new_unacked("w", "c", 1000, Duration::ZERO)
+            .await
+            .expect("read");
+        assert!(!got.is_empty(), "all 100 must be delivered");
+        read.extend(got);
+    }
+    let upto = |entries: &[Entry]| -> Vec<(u32, String)> {
+        let mut last = std::collections::BTreeMap::new();
+        for e in entries {
+            last.insert(e.shard, e.id.clone());
+        }
+        last.into_iter().collect()
+    };
+    log.confirm("w", &upto(&read[..30])).await.expect("confirm");
+    assert_eq!(log.trim().await.expect("trim"), 30, "only the confirmed");
+    log.close().await.expect("close");
+
+    let log = open().await.expect("reopen");
+    assert_eq!(log.trim().await.expect("trim"), 0, "the floor survives");
+    assert_eq!(log.len().await.expect("len"), 70);
+    log.confirm("w", &upto(&read)).await.expect("confirm");
+    assert_eq!(log.trim().await.expect("trim"), 70);
+}
+
 /// Append and read+ack throughput. Not a pass/fail test; prints the rates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with --release -- --ignored --nocapture"]

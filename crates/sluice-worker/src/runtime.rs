@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sluice_core::log::{Entry, EventLog, LogError, StartFrom};
 use sluice_core::metrics as names;
-use sluice_core::warehouse::ShardPosition;
+use sluice_core::warehouse::{ShardPosition, Warehouse};
 use tokio::sync::{mpsc, watch};
 
 /// How a consumer reads.
@@ -186,6 +186,66 @@ pub fn positions(entries: &[Entry]) -> Vec<ShardPosition> {
             last_id: id.to_string(),
         })
         .collect()
+}
+
+/// The start of a processor that keeps its own positions ([`Processor::keeps_own_positions`]):
+/// acknowledge whatever `group` still holds pending (entries read with acknowledgements by an
+/// earlier version, or another consumer; the rewind covers them), then rewind the group to the
+/// positions committed in `store`, so whatever was read but not committed before a stop is read
+/// again. A shard with nothing committed starts where a new group starts: the beginning, or
+/// with `StartFrom::End` the group's creation point. On the embedded log the rewind also sets
+/// the group's committed floor, which the runtime advances after each commit
+/// ([`EventLog::confirm`]).
+pub async fn rewind_to_committed(
+    log: &dyn EventLog,
+    store: &dyn Warehouse,
+    group: &str,
+    config: &ConsumerConfig,
+) -> Result<(), ProcessError> {
+    let retry = |what: &str, e: LogError| ProcessError::Retryable(format!("{what}: {e}"));
+    let mut released = 0u64;
+    loop {
+        // Other consumers' pending entries become ours, then ours are acknowledged.
+        let claimed = log
+            .claim_idle(group, &config.consumer, Duration::ZERO, 1_000)
+            .await
+            .map_err(|e| retry("claiming pending entries", e))?;
+        let own = log
+            .read_own_pending(group, &config.consumer, 1_000)
+            .await
+            .map_err(|e| retry("reading pending entries", e))?;
+        if claimed.is_empty() && own.is_empty() {
+            break;
+        }
+        log.ack(group, &own)
+            .await
+            .map_err(|e| retry("acknowledging pending entries", e))?;
+        released += own.len() as u64;
+    }
+    if released > 0 {
+        tracing::info!(
+            %group,
+            count = released,
+            "acknowledged entries the group held pending (the rewind reads them again)"
+        );
+    }
+    let committed = store
+        .positions(group)
+        .await
+        .map_err(|e| ProcessError::Retryable(format!("reading {group} positions: {e}")))?;
+    let mut rewind: Vec<(u32, String)> = Vec::new();
+    for shard in 0..log.shards() {
+        match committed.iter().find(|p| p.shard == shard) {
+            Some(p) => rewind.push((shard, p.last_id.clone())),
+            None if config.start_from == StartFrom::Beginning => {
+                rewind.push((shard, "0-0".to_owned()));
+            }
+            None => {}
+        }
+    }
+    log.rewind_group(group, &rewind)
+        .await
+        .map_err(|e| retry("rewinding the group to its committed positions", e))
 }
 
 pub struct Worker<P: Processor> {
@@ -478,6 +538,15 @@ impl<P: Processor> Worker<P> {
             metrics::counter!(names::DEAD_LETTERS_TOTAL, "group" => group.to_owned()).increment(n);
         }
         if self.processor.keeps_own_positions() {
+            // Nothing to acknowledge; the log may hold trimming at the committed positions.
+            let done: Vec<(u32, String)> = positions(&batch.entries)
+                .into_iter()
+                .map(|p| (p.shard, p.last_id))
+                .collect();
+            if let Err(e) = self.log.confirm(group, &done).await {
+                // Only trimming waits for the next confirm; nothing is lost.
+                tracing::warn!(%group, error = %e, "confirming committed positions failed");
+            }
             return true;
         }
         loop {

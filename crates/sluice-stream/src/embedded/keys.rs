@@ -196,6 +196,24 @@ pub(crate) fn head_key(shard: u32) -> Vec<u8> {
 
 /// `tail/{shard}` (written by trim): `trimmed-below id (16) ‖ trimmed u64` — every entry below
 /// that id is gone, and how many entries trims removed in total.
+/// `meta` key of a group's committed floor (see `Store::confirm`).
+pub(crate) fn floor_key(group: &str) -> Vec<u8> {
+    let mut out = b"floor/".to_vec();
+    out.extend_from_slice(&group_prefix(group));
+    out
+}
+
+pub(crate) fn encode_ids(ids: &[Id]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_bytes()).collect()
+}
+
+pub(crate) fn decode_ids(v: &[u8]) -> Option<Vec<Id>> {
+    if !v.len().is_multiple_of(16) {
+        return None;
+    }
+    v.chunks_exact(16).map(Id::from_bytes).collect()
+}
+
 pub(crate) fn tail_key(shard: u32) -> Vec<u8> {
     let mut out = b"tail/".to_vec();
     out.extend_from_slice(&shard.to_be_bytes());

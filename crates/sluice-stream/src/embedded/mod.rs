@@ -283,6 +283,11 @@ impl EventLog for EmbeddedLog {
         self.blocking(move |s| s.rewind_group(&g, &p)).await
     }
 
+    async fn confirm(&self, group: &str, positions: &[(u32, String)]) -> Result<(), LogError> {
+        let (g, p) = (group.to_owned(), positions.to_vec());
+        self.blocking(move |s| s.confirm(&g, &p)).await
+    }
+
     async fn read_own_pending(
         &self,
         group: &str,

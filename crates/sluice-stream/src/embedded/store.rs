@@ -62,6 +62,10 @@ struct Group {
     positions: Vec<Position>,
     /// (shard, id) → pending entry, ordered like the entries.
     pending: BTreeMap<(u32, Id), Pending>,
+    /// For a group whose processor keeps its own positions (reads without acknowledgements):
+    /// per shard, the last id its effects are committed through (set by `rewind_group`,
+    /// advanced by `confirm`, kept in `meta`). Trimming never passes it.
+    floor: Option<Vec<Id>>,
 }
 
 impl Group {
@@ -328,11 +332,20 @@ impl Store {
             let positions = keys::decode_positions(&v)
                 .filter(|p| rest.is_empty() && p.len() == config.shards as usize)
                 .ok_or_else(|| corrupt(&dir, "group position"))?;
+            let floor = match meta.get(keys::floor_key(&name)).map_err(err)? {
+                None => None,
+                Some(v) => Some(
+                    keys::decode_ids(&v)
+                        .filter(|f| f.len() == config.shards as usize)
+                        .ok_or_else(|| corrupt(&dir, "group floor"))?,
+                ),
+            };
             groups.insert(
                 name,
                 Group {
                     positions,
                     pending: BTreeMap::new(),
+                    floor,
                 },
             );
         }
@@ -483,6 +496,7 @@ impl Store {
         let g = Group {
             positions,
             pending: BTreeMap::new(),
+            floor: None,
         };
         self.refresh_required(group, &g);
         st.groups.insert(group.to_owned(), g);
@@ -610,14 +624,49 @@ impl Store {
             };
             pos.last = to;
         }
-        self.groups_ks
-            .insert(
-                keys::group_prefix(group),
-                keys::encode_positions(&new_positions),
-            )
-            .map_err(|e| self.err(&e))?;
+        // A rewind puts the cursor where the processor's effects end: that is its floor now.
+        let floor: Vec<Id> = new_positions.iter().map(|p| p.last).collect();
+        let mut batch = self.db.batch();
+        batch.insert(
+            &self.groups_ks,
+            keys::group_prefix(group),
+            keys::encode_positions(&new_positions),
+        );
+        batch.insert(&self.meta, keys::floor_key(group), keys::encode_ids(&floor));
+        self.commit(batch)?;
         g.positions = new_positions;
+        g.floor = Some(floor);
         self.refresh_required(group, g);
+        Ok(())
+    }
+
+    /// Advance the group's committed floor (never back); the first confirm of a group that was
+    /// never rewound starts from nothing committed on the other shards.
+    pub(crate) fn confirm(&self, group: &str, positions: &[(u32, String)]) -> Result<(), LogError> {
+        let mut st = lock(&self.state);
+        let g = st
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| missing_group(group))?;
+        let mut floor = g
+            .floor
+            .clone()
+            .unwrap_or_else(|| vec![Id::ZERO; self.shards as usize]);
+        for (shard, id) in positions {
+            let at = floor
+                .get_mut(*shard as usize)
+                .ok_or_else(|| LogError::Other(format!("no shard {shard}")))?;
+            let id = Id::parse(id)
+                .ok_or_else(|| LogError::Other(format!("invalid log position {id:?}")))?;
+            *at = (*at).max(id);
+        }
+        if g.floor.as_ref() == Some(&floor) {
+            return Ok(());
+        }
+        self.meta
+            .insert(keys::floor_key(group), keys::encode_ids(&floor))
+            .map_err(|e| self.err(&e))?;
+        g.floor = Some(floor);
         Ok(())
     }
 
@@ -804,13 +853,18 @@ impl Store {
                     st.groups
                         .values()
                         .map(|g| {
-                            g.pending
+                            let read = g
+                                .pending
                                 .range((shard, Id::ZERO)..=(shard, Id::MAX))
                                 .next()
                                 .map_or_else(
                                     || g.positions[shard as usize].last.successor(),
                                     |((_, id), _)| *id,
-                                )
+                                );
+                            match &g.floor {
+                                Some(floor) => read.min(floor[shard as usize].successor()),
+                                None => read,
+                            }
                         })
                         .min()
                         .unwrap_or(Id::ZERO)

@@ -53,14 +53,13 @@ pub mod detector;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sluice_core::log::{Entry, EventLog, LogError, RangeStart, StartFrom};
+use sluice_core::log::{Entry, EventLog, LogError, RangeStart};
 use sluice_core::warehouse::{ShardPosition, TimeRange, Warehouse};
 
-use crate::runtime::{ConsumerConfig, ProcessError, Processor, WorkerStats};
+use crate::runtime::{rewind_to_committed, ConsumerConfig, ProcessError, Processor, WorkerStats};
 
 pub use config::FraudConfig;
 pub use detector::{Detector, FraudStats, Signal};
@@ -271,42 +270,9 @@ impl Processor for FraudProcessor {
         true
     }
 
-    /// Rewind the group to the committed positions (what was read but not committed before a
-    /// stop is read again), after acknowledging whatever the group still holds pending (entries
-    /// read with acknowledgements by an earlier version or another consumer: the rewind covers
-    /// them).
+    /// Rewind the group to the committed positions ([`rewind_to_committed`]).
     async fn prepare(&self, config: &ConsumerConfig) -> Result<(), ProcessError> {
-        let retry = |what: &str, e: LogError| ProcessError::Retryable(format!("{what}: {e}"));
-        let released = release_pending(self.log.as_ref(), &config.consumer)
-            .await
-            .map_err(|e| retry("acknowledging pending fraud entries", e))?;
-        if released > 0 {
-            tracing::info!(
-                count = released,
-                "acknowledged entries the fraud group held pending (the rewind reads them again)"
-            );
-        }
-        let committed = self
-            .store
-            .positions(GROUP)
-            .await
-            .map_err(|e| ProcessError::Retryable(format!("reading fraud positions: {e}")))?;
-        // A shard with nothing committed starts over where a new group starts: the beginning
-        // (with `StartFrom::End` the group's creation point is all there is).
-        let mut rewind: Vec<(u32, String)> = Vec::new();
-        for shard in 0..self.log.shards() {
-            match committed.iter().find(|p| p.shard == shard) {
-                Some(p) => rewind.push((shard, p.last_id.clone())),
-                None if config.start_from == StartFrom::Beginning => {
-                    rewind.push((shard, "0-0".to_owned()));
-                }
-                None => {}
-            }
-        }
-        self.log
-            .rewind_group(GROUP, &rewind)
-            .await
-            .map_err(|e| retry("rewinding the fraud group to its committed positions", e))
+        rewind_to_committed(self.log.as_ref(), self.store.as_ref(), GROUP, config).await
     }
 
     async fn process(
@@ -404,26 +370,6 @@ impl Processor for FraudProcessor {
                 Err(ProcessError::Rejected(e.to_string()))
             }
         }
-    }
-}
-
-/// Acknowledge every entry the fraud group holds pending, whichever consumer holds it (one
-/// fraud consumer runs per log). The processor reads without acknowledgements and rewinds to its
-/// committed positions at start, so pending entries can only be left over from a version that
-/// acknowledged; left pending they would hold trimming back forever.
-async fn release_pending(log: &dyn EventLog, consumer: &str) -> Result<u64, LogError> {
-    let mut released = 0u64;
-    loop {
-        // Other consumers' pending entries become ours, then ours are acknowledged.
-        let claimed = log
-            .claim_idle(GROUP, consumer, Duration::ZERO, 1_000)
-            .await?;
-        let own = log.read_own_pending(GROUP, consumer, 1_000).await?;
-        if claimed.is_empty() && own.is_empty() {
-            return Ok(released);
-        }
-        log.ack(GROUP, &own).await?;
-        released += own.len() as u64;
     }
 }
 

@@ -210,6 +210,7 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         log.clone(),
         store.clone(),
         config,
+        args.api.log.is_embedded(),
         shutdown.clone(),
     ));
     // An embedded log has no other writer than this process's API, so the API counts what it

@@ -179,7 +179,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let log = open_log(&args.log, &[]).await?;
     match args.processor {
         ProcessorKind::Warehouse => {
-            run_warehouse(log, store, args.consumer.config()?, shutdown).await
+            let sole_consumer = args.log.is_embedded();
+            run_warehouse(log, store, args.consumer.config()?, sole_consumer, shutdown).await
         }
         ProcessorKind::Fraud => {
             let config = fraud_consumer(&args.consumer)?;
@@ -220,11 +221,14 @@ pub async fn run_fraud(
     Ok(())
 }
 
-/// The warehouse worker plus its housekeeping, until shutdown.
+/// The warehouse worker plus its housekeeping, until shutdown. `sole_consumer`: no other process
+/// reads the log (the embedded log, one process per data directory), so the worker keeps its
+/// positions in the warehouse only and the log keeps no pending entries for it.
 pub async fn run_warehouse(
     log: Arc<dyn EventLog>,
     store: Arc<dyn Warehouse>,
     config: ConsumerConfig,
+    sole_consumer: bool,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let housekeeping = {
@@ -246,7 +250,12 @@ pub async fn run_warehouse(
             }
         })
     };
-    let worker = Worker::new(log, Arc::new(WarehouseProcessor::new(store)), config);
+    let processor = if sole_consumer {
+        WarehouseProcessor::new(store).keeping_own_positions(log.clone())
+    } else {
+        WarehouseProcessor::new(store)
+    };
+    let worker = Worker::new(log, Arc::new(processor), config);
     worker.run(shutdown.wait()).await?;
     let _ = housekeeping.await;
     Ok(())
