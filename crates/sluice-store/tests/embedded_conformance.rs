@@ -146,6 +146,34 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
     assert_eq!(page, 16384, "a new database has 16 KiB pages");
 }
 
+/// The writer never checkpoints (it is the pipeline's serial stage); the checkpoint thread copies
+/// the committed pages from the WAL into the database file while the warehouse stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wh = SqliteWarehouse::open(dir.path(), SqliteOptions::default())
+        .await
+        .expect("open");
+    let db = wh.database_path().to_path_buf();
+    let size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    let t = chrono::Utc::now();
+    let events: Vec<_> = (0..5_000)
+        .map(|i| conformance::event("s1", &format!("ck-{i}"), "A", Some("u"), t))
+        .collect();
+    assert_eq!(conformance::commit(&wh, &events, &[]).await.inserted, 5_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // ~1.5 MB of events: the file grows by far more than a few pages once they are copied in.
+    while size() < before + 1_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {} bytes (from {before}): nothing was checkpointed",
+            size()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_file_path_works_too() {
     let dir = tempfile::tempdir().expect("temp dir");

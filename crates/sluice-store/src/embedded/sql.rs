@@ -17,12 +17,11 @@ PRAGMA foreign_keys = OFF;
 PRAGMA temp_store = MEMORY;
 ";
 
-/// The writer: a larger page cache; checkpoints every ~32 MB of WAL instead of SQLite's 4 MB
-/// (fewer, larger checkpoints and fsyncs of the database file), and the WAL file truncated back
-/// to 64 MB after them.
+/// The writer: a larger page cache; no checkpoints of its own (a separate thread runs them, see
+/// `Checkpointer`), and the WAL file truncated back to 64 MB after a checkpoint resets it.
 pub(crate) const WRITER_PRAGMAS: &str = "
 PRAGMA cache_size = -32768;
-PRAGMA wal_autocheckpoint = 8192;
+PRAGMA wal_autocheckpoint = 0;
 PRAGMA journal_size_limit = 67108864;
 ";
 
