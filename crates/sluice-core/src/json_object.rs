@@ -65,10 +65,6 @@ impl JsonObject {
         self.0.get()
     }
 
-    pub fn as_raw(&self) -> &RawValue {
-        &self.0
-    }
-
     /// Whether the object has no members.
     pub fn is_empty(&self) -> bool {
         // The text is a valid object, so it is empty exactly when only whitespace separates
