@@ -31,8 +31,10 @@
 //!
 //! This needs the log to keep `rebuild_horizon` of entries below the fraud group's position:
 //! the trim policy (`trim_keep` of the Redis and the embedded log) does; it also keeps what the
-//! processor has read but not committed, which no pending entry protects (see below). One fraud
-//! consumer runs per log (its windows must see every shard).
+//! processor has read but not committed, which no pending entry protects (see below) — on the
+//! embedded log the group's committed floor does as well (`EventLog::confirm`, called by the
+//! runtime after each commit). One fraud consumer runs per log (its windows must see every
+//! shard).
 //!
 //! ## Reading without acknowledgements
 //! The positions committed with the alerts say what the processor has done, so the log's
