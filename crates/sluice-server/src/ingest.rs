@@ -115,14 +115,7 @@ async fn ingest(
     // its records.
     let parse::Outcome { accepted, rejected } = outcome;
     // A fed live view counts the events by name once they are appended.
-    let live_names: Vec<String> = if state.live.is_fed() {
-        accepted
-            .iter()
-            .map(|e| e.name.clone().unwrap_or_else(|| e.kind.as_str().to_owned()))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let tally = state.live.tally(&accepted);
     let records: Vec<Record> = accepted
         .into_iter()
         .map(|e| Record {
@@ -137,9 +130,7 @@ async fn ingest(
     let appended = state.log.append(records).await;
     metrics::record_append(route, accepted, started, &appended);
     appended?;
-    state
-        .live
-        .record(&principal.source, live_names.iter().map(String::as_str));
+    state.live.record(&principal.source, tally);
     Ok(Json(Accepted {
         success: true,
         accepted,

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::log::{EventLog, GroupLag, TailCursor};
 use sluice_core::metrics as names;
 use sluice_core::warehouse::Alert;
+use sluice_core::Event;
 use tokio::sync::watch;
 
 /// The name under which counts beyond the top names are summed.
@@ -200,6 +201,10 @@ pub struct LiveStats {
     pub ticks: AtomicU64,
 }
 
+/// A request's events counted by name, for [`LiveHub::record`] after their append.
+#[derive(Debug, Default)]
+pub struct Tally(Vec<(String, u64)>);
+
 /// The second being counted, per source.
 #[derive(Debug, Default)]
 struct Current {
@@ -274,18 +279,27 @@ impl LiveHub {
         LiveHub { shared }
     }
 
-    /// Whether this hub counts what [`LiveHub::record`] is given (rather than tailing the log).
-    pub fn is_fed(&self) -> bool {
-        self.shared.fed
+    /// What a fed hub will count of `events` once they are appended: one entry per distinct
+    /// name (the warehouse's rollup name: the event's name, else its kind), so that the events
+    /// themselves need not outlive the append. Empty for a tailing hub (it reads them back).
+    pub fn tally(&self, events: &[Event]) -> Tally {
+        let mut names: Vec<(String, u64)> = Vec::new();
+        if self.shared.fed {
+            for e in events {
+                let name = e.name.as_deref().unwrap_or(e.kind.as_str());
+                match names.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, count)) => *count += 1,
+                    None => names.push((name.to_owned(), 1)),
+                }
+            }
+        }
+        Tally(names)
     }
 
-    /// Count events of `source` that were just durably appended, by name (the warehouse's
-    /// rollup name: the event's name, else its kind). Only a hub made by
-    /// [`LiveHub::spawn_fed`] counts them; a tailing hub ignores the call (it will read them).
-    pub fn record<'a>(&self, source: &str, names: impl Iterator<Item = &'a str>) {
-        if self.shared.fed {
-            self.shared.count(names.map(|name| (source, name)));
-        }
+    /// Count a tally of `source`'s events that were just durably appended.
+    pub fn record(&self, source: &str, tally: Tally) {
+        self.shared
+            .count(tally.0.iter().map(|(name, n)| (source, name.as_str(), *n)));
     }
 
     /// A receiver of the per-second snapshots (it sees only the latest: a slow reader skips).
@@ -383,18 +397,19 @@ impl Shared {
         self.count(
             lites
                 .iter()
-                .map(|l| (l.source.as_ref(), l.name.as_deref().unwrap_or(&l.kind))),
+                .map(|l| (l.source.as_ref(), l.name.as_deref().unwrap_or(&l.kind), 1)),
         );
     }
 
     /// Count events by `(source, name)` into the current second.
-    fn count<'a>(&self, events: impl Iterator<Item = (&'a str, &'a str)>) {
+    /// Count `n` events of `(source, name)` into the current second, for each item.
+    fn count<'a>(&self, events: impl Iterator<Item = (&'a str, &'a str, u64)>) {
         let config = &self.config;
         let Ok(mut current) = self.current.lock() else {
             return;
         };
         let mut counted = 0u64;
-        for (source, name) in events {
+        for (source, name, n) in events {
             let tracked = current.sources.len();
             let source = match current.sources.get_mut(source) {
                 Some(s) => s,
@@ -402,18 +417,18 @@ impl Shared {
                     current.sources.entry(source.to_owned()).or_default()
                 }
                 None => {
-                    self.stats.untracked.fetch_add(1, Ordering::Relaxed);
+                    self.stats.untracked.fetch_add(n, Ordering::Relaxed);
                     continue;
                 }
             };
-            counted += 1;
-            source.total += 1;
-            if let Some(n) = source.names.get_mut(name) {
-                *n += 1;
+            counted += n;
+            source.total += n;
+            if let Some(count) = source.names.get_mut(name) {
+                *count += n;
             } else if source.names.len() < config.max_names_per_second {
-                source.names.insert(Arc::from(name), 1);
+                source.names.insert(Arc::from(name), n);
             } else {
-                source.other += 1;
+                source.other += n;
             }
         }
         drop(current);

@@ -300,6 +300,13 @@ fn open_blocking(path: &Path, opts: SqliteOptions) -> Result<SqliteWarehouse, St
     migrate::migrate(&mut writer)?;
     let reader = open_connection(&layout.db, &opts, Role::Reader)?;
     let checkpointer = Checkpointer::start(open_connection(&layout.db, &opts, Role::Checkpointer)?);
+    if checkpointer.thread.is_none() {
+        // No checkpoint thread: the writer checkpoints after its commits, as SQLite does.
+        tracing::warn!("cannot start the checkpoint thread; the writer checkpoints itself");
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 2048)
+            .map_err(sqlite_error)?;
+    }
     let readers = opts.readers.max(1);
     tracing::info!(db = %layout.db.display(), synchronous = opts.synchronous.pragma_value(), "embedded warehouse open");
     Ok(SqliteWarehouse {
@@ -408,21 +415,19 @@ impl Checkpointer {
                 checkpoint(&conn);
             })
             .ok();
-        if thread.is_none() {
-            tracing::warn!("cannot start the checkpoint thread; the WAL is checkpointed at close");
-        }
         Checkpointer { stop, thread }
     }
 }
 
 fn checkpoint(conn: &Connection) {
+    // Column 1 of the result: the frames in the WAL.
     let run = |mode: &str| {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            r.get::<_, i64>(1)
         })
     };
     match run("PASSIVE") {
-        Ok((frames, _)) if frames > WAL_MAX_FRAMES => {
+        Ok(frames) if frames > WAL_MAX_FRAMES => {
             if let Err(e) = run("TRUNCATE") {
                 tracing::warn!(error = %e, "WAL checkpoint (truncate) failed");
             }

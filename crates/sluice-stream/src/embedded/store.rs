@@ -206,6 +206,20 @@ fn check_name(what: &str, name: &str) -> Result<(), LogError> {
     Ok(())
 }
 
+/// A caller's `(shard, id)`: the shard's slot in a per-shard vector, and the id parsed.
+fn shard_position<'a, T>(
+    per_shard: &'a mut [T],
+    shard: u32,
+    id: &str,
+) -> Result<(&'a mut T, Id), LogError> {
+    let slot = per_shard
+        .get_mut(shard as usize)
+        .ok_or_else(|| LogError::Other(format!("no shard {shard}")))?;
+    let id =
+        Id::parse(id).ok_or_else(|| LogError::Other(format!("invalid log position {id:?}")))?;
+    Ok((slot, id))
+}
+
 impl Store {
     /// Open (or create) the data directory and rebuild the in-memory state from it.
     pub(crate) fn open(config: &EmbeddedLogConfig) -> Result<Store, LogError> {
@@ -603,11 +617,7 @@ impl Store {
             .ok_or_else(|| missing_group(group))?;
         let mut new_positions = g.positions.clone();
         for (shard, id) in positions {
-            let pos = new_positions
-                .get_mut(*shard as usize)
-                .ok_or_else(|| LogError::Other(format!("no shard {shard}")))?;
-            let to = Id::parse(id)
-                .ok_or_else(|| LogError::Other(format!("invalid log position {id:?}")))?;
+            let (pos, to) = shard_position(&mut new_positions, *shard, id)?;
             let (lo, hi) = if to < pos.last {
                 (to, pos.last)
             } else {
@@ -653,11 +663,7 @@ impl Store {
             .clone()
             .unwrap_or_else(|| vec![Id::ZERO; self.shards as usize]);
         for (shard, id) in positions {
-            let at = floor
-                .get_mut(*shard as usize)
-                .ok_or_else(|| LogError::Other(format!("no shard {shard}")))?;
-            let id = Id::parse(id)
-                .ok_or_else(|| LogError::Other(format!("invalid log position {id:?}")))?;
+            let (at, id) = shard_position(&mut floor, *shard, id)?;
             *at = (*at).max(id);
         }
         if g.floor.as_ref() == Some(&floor) {
