@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sluice_core::warehouse::{KeyStore, StoreError, Warehouse};
+use sluice_core::warehouse::{KeyStore, StoreError, UserRef, Warehouse};
 use sluice_store::testing::{conformance, SqliteProbe};
 use sluice_store::{SqliteOptions, SqliteWarehouse};
 use tempfile::TempDir;
@@ -134,6 +134,7 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
             (3, "events".to_string()),
             (4, "alerts".to_string()),
             (5, "partial_user_indexes".to_string()),
+            (6, "deferred_user_index".to_string()),
         ]
     );
     let mode: String = probe
@@ -278,4 +279,177 @@ async fn reads_do_not_wait_behind_a_commit() {
         read_time < Duration::from_millis(200),
         "reads took {read_time:?} during a commit"
     );
+}
+
+/// `user_index` (`0006_deferred_user_index.sql`): entries, the indexed-through rowid, rows.
+fn user_index_state(probe: &SqliteProbe) -> (i64, i64, i64) {
+    probe
+        .with(|c| {
+            c.query_row(
+                "SELECT (SELECT count(*) FROM user_index), \
+                 (SELECT through FROM user_index_state), \
+                 (SELECT coalesce(max(rowid), 0) FROM events)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+        })
+        .expect("user index state")
+}
+
+/// The user query answers the same whether a user's events are all indexed, all in the tail
+/// not indexed yet, or split between the two (index passes every 1,500 rows, in commits of
+/// 1,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_queries_are_complete_with_any_part_of_the_user_index_built() {
+    for lag in [1, 1_500, 1_000_000] {
+        let (_dir, wh, probe) = setup_with(SqliteOptions {
+            user_index_lag_rows: lag,
+            ..SqliteOptions::default()
+        })
+        .await;
+        conformance::query_user_events(&wh, &probe).await;
+        let (entries, through, last) = user_index_state(&probe);
+        match lag {
+            1 => assert_eq!(through, last, "every commit indexes"),
+            1_500 => assert!(0 < through && through < last, "split: {through} of {last}"),
+            _ => assert_eq!(
+                (entries, through),
+                (0, 0),
+                "nothing indexed before maintain"
+            ),
+        }
+        // maintain() indexes the rest, and the answers stay the same.
+        let before = every_users_events(&wh).await;
+        wh.maintain().await.expect("maintain");
+        let (entries, through, last) = user_index_state(&probe);
+        assert_eq!(through, last);
+        assert!(entries > 0);
+        assert_eq!(every_users_events(&wh).await, before);
+    }
+}
+
+/// The answers for every user and anonymous id of `conformance::query_events`, at two limits.
+async fn every_users_events(wh: &SqliteWarehouse) -> Vec<Vec<String>> {
+    let users = (0..40)
+        .map(|i| UserRef::UserId(format!("u{i}")))
+        .chain((0..25).map(|i| UserRef::AnonymousId(format!("a{i}"))));
+    let mut out = Vec::new();
+    for user in users {
+        for limit in [7, 10_000] {
+            let got = wh
+                .user_events("s1", &user, limit)
+                .await
+                .expect("user events");
+            assert!(!got.is_empty(), "{user:?} has events");
+            out.push(got.into_iter().map(|e| e.event_id).collect());
+        }
+    }
+    out
+}
+
+/// Events of one user with the same time, on both sides of the limit and of `through`: the
+/// answer is the newest by (ts, event_id), as on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_query_breaks_ties_by_event_id_across_the_index_and_the_tail() {
+    let (_dir, wh, probe) = setup_with(SqliteOptions {
+        user_index_lag_rows: 1,
+        ..SqliteOptions::default()
+    })
+    .await;
+    let t = chrono::Utc::now();
+    let ids = ["e05", "e12", "e03", "e09", "e01", "e11", "e07", "e02"];
+    let make = |id: &str| conformance::event("s1", id, "A", Some("tie"), t);
+    // Indexed: the first five (lag 1 indexes at each commit).
+    let first: Vec<_> = ids[..5].iter().map(|id| make(id)).collect();
+    wh.commit_batch("warehouse", &first, &[])
+        .await
+        .expect("commit");
+    assert_eq!(user_index_state(&probe).1, 5);
+    // Tail: three more, written straight into `events` below the warehouse so no pass runs.
+    let wh_tail = SqliteWarehouse::open(
+        _dir.path(),
+        SqliteOptions {
+            exclusive: false,
+            user_index_lag_rows: u64::MAX,
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .expect("second handle");
+    let rest: Vec<_> = ids[5..].iter().map(|id| make(id)).collect();
+    wh_tail
+        .commit_batch("warehouse", &rest, &[])
+        .await
+        .expect("commit");
+    assert_eq!(user_index_state(&probe).1, 5, "the tail is not indexed");
+    let mut want: Vec<&str> = ids.to_vec();
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    for limit in [1, 3, 5, 6, 8, 20] {
+        let got = wh
+            .user_events("s1", &UserRef::UserId("tie".into()), limit)
+            .await
+            .expect("user events");
+        let got: Vec<&str> = got.iter().map(|e| e.event_id.as_str()).collect();
+        let n = (limit as usize).min(want.len());
+        assert_eq!(got, want[..n], "limit {limit}");
+    }
+}
+
+/// Retention deletes an event's `user_index` entries with it, and when the newest rows go,
+/// `through` follows the largest remaining rowid: SQLite hands those rowids out again, and
+/// the events that get them must be found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_user_index_exact() {
+    let (_dir, wh, probe) = setup_with(SqliteOptions {
+        user_index_lag_rows: 1,
+        retention_days: Some(30),
+        ..SqliteOptions::default()
+    })
+    .await;
+    let now = chrono::Utc::now();
+    let old = now - chrono::Duration::days(40);
+    let recent: Vec<_> = (0..10)
+        .map(|i| conformance::event("s1", &format!("new-{i:02}"), "A", Some("u"), now))
+        .collect();
+    let stale: Vec<_> = (0..10)
+        .map(|i| conformance::event("s1", &format!("old-{i:02}"), "A", Some("u"), old))
+        .collect();
+    // The old events are the newest rows.
+    wh.commit_batch("warehouse", &recent, &[])
+        .await
+        .expect("commit");
+    wh.commit_batch("warehouse", &stale, &[])
+        .await
+        .expect("commit");
+    assert_eq!(
+        user_index_state(&probe),
+        (40, 20, 20),
+        "user and anonymous entries"
+    );
+    wh.maintain().await.expect("maintain");
+    assert_eq!(
+        user_index_state(&probe),
+        (20, 10, 10),
+        "old entries gone, through lowered"
+    );
+    // New events may reuse rowids 11..: they must be indexed and found.
+    let later: Vec<_> = (0..5)
+        .map(|i| conformance::event("s1", &format!("later-{i:02}"), "A", Some("u"), now))
+        .collect();
+    wh.commit_batch("warehouse", &later, &[])
+        .await
+        .expect("commit");
+    let got = wh
+        .user_events("s1", &UserRef::UserId("u".into()), 100)
+        .await
+        .expect("user events");
+    let mut ids: Vec<&str> = got.iter().map(|e| e.event_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want: Vec<String> = (0..10)
+        .map(|i| format!("new-{i:02}"))
+        .chain((0..5).map(|i| format!("later-{i:02}")))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert_eq!(user_index_state(&probe), (30, 15, 15));
 }

@@ -395,19 +395,52 @@ pub(crate) fn prune_dedupe(conn: &mut Connection, window: Duration) -> Result<us
     Ok(n)
 }
 
-/// Delete one batch of raw events older than `days` (event time); returns how many.
+/// Delete one batch of raw events older than `days` (event time) and their `user_index`
+/// entries; returns how many events.
 pub(crate) fn prune_events(conn: &mut Connection, days: u32) -> Result<usize, StoreError> {
     let cutoff = micros(Utc::now()).saturating_sub(i64::from(days).saturating_mul(DAY_US));
-    let mut stmt = conn
-        .prepare_cached(sql::PRUNE_EVENTS)
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
-    let n = stmt
-        .execute(params![cutoff, sql::PRUNE_BATCH])
+    tx.execute_batch(sql::PRUNE_EVENTS_START)
         .map_err(sqlite_error)?;
+    let n = tx
+        .prepare_cached(sql::PRUNE_EVENTS_COLLECT)
+        .and_then(|mut stmt| stmt.execute(params![cutoff, sql::PRUNE_BATCH]))
+        .map_err(sqlite_error)?;
+    if n > 0 {
+        tx.execute_batch(sql::PRUNE_EVENTS_DELETE)
+            .map_err(sqlite_error)?;
+    }
+    tx.commit().map_err(sqlite_error)?;
     if n > 0 {
         tracing::debug!(deleted = n, "retention deleted raw events");
     }
     Ok(n)
+}
+
+/// Index the events not in `user_index` yet (see `0006_deferred_user_index.sql`) when there are
+/// at least `min_rows` of them, in one transaction; returns how many rows it covered.
+pub(crate) fn index_users(conn: &mut Connection, min_rows: u64) -> Result<u64, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_error)?;
+    let (through, last): (i64, i64) = tx
+        .prepare_cached(sql::USER_INDEX_TAIL)
+        .and_then(|mut stmt| stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(sqlite_error)?;
+    let tail = u64::try_from(last.saturating_sub(through)).unwrap_or(0);
+    if tail == 0 || tail < min_rows {
+        return Ok(0);
+    }
+    tx.prepare_cached(sql::USER_INDEX_ADD)
+        .and_then(|mut stmt| stmt.execute(params![through, last]))
+        .map_err(sqlite_error)?;
+    tx.prepare_cached(sql::USER_INDEX_SET_THROUGH)
+        .and_then(|mut stmt| stmt.execute(params![last]))
+        .map_err(sqlite_error)?;
+    tx.commit().map_err(sqlite_error)?;
+    Ok(tail)
 }
 
 #[cfg(test)]

@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "partial_user_indexes",
         sql: include_str!("../../migrations/sqlite/0005_partial_user_indexes.sql"),
     },
+    Migration {
+        version: 6,
+        name: "deferred_user_index",
+        sql: include_str!("../../migrations/sqlite/0006_deferred_user_index.sql"),
+    },
 ];
 
 /// Apply every pending migration. A database written by a newer sluice (a version this binary

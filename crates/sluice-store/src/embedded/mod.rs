@@ -85,6 +85,10 @@ pub struct SqliteOptions {
     /// that only manage keys beside a running `sluice serve` open it shared: SQLite's own
     /// locking keeps their writes safe.
     pub exclusive: bool,
+    /// Events inserted since the last pass of the user index (`0006_deferred_user_index.sql`)
+    /// at which a commit indexes them; `maintain()` indexes whatever is left. Queries are
+    /// complete either way: the rows not indexed yet are scanned, which this bounds.
+    pub user_index_lag_rows: u64,
 }
 
 impl Default for SqliteOptions {
@@ -97,6 +101,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_size_bytes: None,
             exclusive: true,
+            user_index_lag_rows: 65_536,
         }
     }
 }
@@ -583,8 +588,16 @@ impl Warehouse for SqliteWarehouse {
         // preparation overlaps the previous batch's commit.
         let rows: Vec<commit::EventRow> = events.iter().map(commit::EventRow::new).collect();
         let group = group.to_string();
-        self.write(move |conn| commit::commit_batch(conn, &group, &rows, &offsets))
-            .await
+        let lag = self.inner.opts.user_index_lag_rows.max(1);
+        self.write(move |conn| {
+            let outcome = commit::commit_batch(conn, &group, &rows, &offsets)?;
+            // The batch is committed; a failed index pass only leaves a longer tail to scan.
+            if let Err(e) = commit::index_users(conn, lag) {
+                tracing::warn!(error = %e, "indexing the users of new events failed; retrying later");
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn positions(&self, group: &str) -> Result<Vec<ShardPosition>, StoreError> {
@@ -615,6 +628,7 @@ impl Warehouse for SqliteWarehouse {
                 }
             }
         }
+        self.write(|conn| commit::index_users(conn, 1)).await?;
         self.write(|conn| conn.execute_batch("PRAGMA optimize").map_err(sqlite_error))
             .await
     }

@@ -161,6 +161,9 @@ pub(crate) fn user_events(
     user: &UserRef,
     limit: u32,
 ) -> Result<Vec<Event>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let (stmt_sql, key) = match user {
         UserRef::UserId(id) => (sql::USER_EVENTS_BY_USER_ID, id),
         UserRef::AnonymousId(id) => (sql::USER_EVENTS_BY_ANONYMOUS_ID, id),

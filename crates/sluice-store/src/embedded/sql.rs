@@ -157,18 +157,65 @@ macro_rules! event_columns {
     };
 }
 
-pub(crate) const USER_EVENTS_BY_USER_ID: &str = concat!(
-    "SELECT ",
-    event_columns!(),
-    " FROM events WHERE source = ?1 AND user_id = ?2 ORDER BY ts DESC, event_id DESC LIMIT ?3"
-);
+/// A user's newest events: ?1 source, ?2 the user's `user_id` (`anonymous_id` for the
+/// `…_ANONYMOUS_ID` form), ?3 the limit (at least 1). Two parts, see
+/// `0006_deferred_user_index.sql`: the indexed events (`user_index`, rowid ≤ `through`), of which
+/// only the newest ?3 by `ts` — and every entry tied with the last of them — can be in the
+/// answer; and the tail not indexed yet, scanned by rowid. Both parts re-check the event's own
+/// columns, so an index entry can never return another user's event.
+macro_rules! user_events {
+    ($column:literal, $anonymous:literal) => {
+        concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE rowid IN (
+    SELECT event_rowid FROM user_index
+    WHERE source = ?1 AND anonymous = ",
+            $anonymous,
+            " AND user_key = ?2 AND ts >= coalesce((
+        SELECT ts FROM user_index
+        WHERE source = ?1 AND anonymous = ",
+            $anonymous,
+            " AND user_key = ?2
+        ORDER BY ts DESC LIMIT 1 OFFSET ?3 - 1
+    ), -9223372036854775808)
+) AND source = ?1 AND ",
+            $column,
+            " = ?2
+UNION ALL
+SELECT ",
+            event_columns!(),
+            " FROM events
+WHERE rowid > (SELECT through FROM user_index_state) AND source = ?1 AND ",
+            $column,
+            " = ?2
+ORDER BY ts DESC, event_id DESC LIMIT ?3"
+        )
+    };
+}
 
-pub(crate) const USER_EVENTS_BY_ANONYMOUS_ID: &str = concat!(
-    "SELECT ",
-    event_columns!(),
-    " FROM events WHERE source = ?1 AND anonymous_id = ?2 \
-     ORDER BY ts DESC, event_id DESC LIMIT ?3"
-);
+pub(crate) const USER_EVENTS_BY_USER_ID: &str = user_events!("user_id", "0");
+
+pub(crate) const USER_EVENTS_BY_ANONYMOUS_ID: &str = user_events!("anonymous_id", "1");
+
+// --- the user index (0006_deferred_user_index.sql) ---------------------------------------------
+
+/// Rows inserted since the last index pass: (through, the largest rowid).
+pub(crate) const USER_INDEX_TAIL: &str =
+    "SELECT through, (SELECT coalesce(max(rowid), 0) FROM events) FROM user_index_state";
+
+/// Index the events with rowid in `(?1, ?2]`, in key order: each leaf page of `user_index` is
+/// visited once per pass, however many of the tail's events land on it.
+pub(crate) const USER_INDEX_ADD: &str = "
+INSERT OR IGNORE INTO user_index (source, anonymous, user_key, ts, event_rowid)
+SELECT source, 0, user_id, ts, rowid FROM events
+WHERE rowid > ?1 AND rowid <= ?2 AND user_id IS NOT NULL
+UNION ALL
+SELECT source, 1, anonymous_id, ts, rowid FROM events
+WHERE rowid > ?1 AND rowid <= ?2 AND anonymous_id IS NOT NULL
+ORDER BY 1, 2, 3, 4, 5";
+
+pub(crate) const USER_INDEX_SET_THROUGH: &str = "UPDATE user_index_state SET through = ?1";
 
 pub(crate) const EVENT_ID_STORED: &str =
     "SELECT EXISTS (SELECT 1 FROM event_dedupe WHERE source = ?1 AND event_id = ?2)";
@@ -191,9 +238,29 @@ DELETE FROM event_dedupe WHERE (source, event_id) IN (
     SELECT source, event_id FROM event_dedupe WHERE seen_at < ?1 LIMIT ?2
 )";
 
-/// Delete one small batch of raw events older than ?1 (retention).
-pub(crate) const PRUNE_EVENTS: &str = "
-DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ?1 LIMIT ?2)";
+/// Retention, one small batch per transaction: the rowids of up to ?2 events older than ?1 go
+/// into `temp.doomed`, their `user_index` entries are deleted, then the events; `through` is
+/// lowered to the largest remaining rowid, so that a rowid SQLite hands out again after the
+/// newest rows were deleted is in the tail, not taken for indexed.
+pub(crate) const PRUNE_EVENTS_START: &str = "
+CREATE TEMP TABLE IF NOT EXISTS doomed (rid INTEGER PRIMARY KEY);
+DELETE FROM temp.doomed;";
+
+pub(crate) const PRUNE_EVENTS_COLLECT: &str =
+    "INSERT INTO temp.doomed (rid) SELECT rowid FROM events WHERE ts < ?1 LIMIT ?2";
+
+pub(crate) const PRUNE_EVENTS_DELETE: &str = "
+DELETE FROM user_index WHERE (source, anonymous, user_key, ts, event_rowid) IN (
+    SELECT source, 0, user_id, ts, rowid FROM events
+    WHERE rowid IN (SELECT rid FROM temp.doomed) AND user_id IS NOT NULL
+    UNION ALL
+    SELECT source, 1, anonymous_id, ts, rowid FROM events
+    WHERE rowid IN (SELECT rid FROM temp.doomed) AND anonymous_id IS NOT NULL
+);
+DELETE FROM events WHERE rowid IN (SELECT rid FROM temp.doomed);
+UPDATE user_index_state
+SET through = min(through, (SELECT coalesce(max(rowid), 0) FROM events));
+DELETE FROM temp.doomed;";
 
 /// Rows deleted per pruning statement; each is its own short transaction.
 pub(crate) const PRUNE_BATCH: i64 = 10_000;
