@@ -538,3 +538,75 @@ async fn throughput() {
         );
     }
 }
+
+/// A format-1 directory (every shard's entries in one `events` keyspace) is moved to one
+/// keyspace per shard when opened, with nothing lost or repeated; reopening is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_one_directory_is_migrated_to_a_keyspace_per_shard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log");
+    let log = EmbeddedLog::open(config(&path)).await.expect("open");
+    let records = conformance::records(&log, "m", 60);
+    log.append(records).await.expect("append");
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let first = log
+        .read_new("g", "w1", 20, Duration::ZERO)
+        .await
+        .expect("read");
+    log.ack("g", &first).await.expect("ack");
+    log.close().await.expect("close");
+
+    // Rewrite the directory as format 1 had it.
+    {
+        let db = fjall::Database::builder(&path).open().expect("fjall");
+        let old = db
+            .keyspace("events", || {
+                fjall::KeyspaceCreateOptions::default()
+                    .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
+            })
+            .expect("old keyspace");
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .expect("meta");
+        let mut moved = 0;
+        for shard in 0..4 {
+            let ks = db
+                .keyspace(
+                    &format!("events-{shard}"),
+                    fjall::KeyspaceCreateOptions::default,
+                )
+                .expect("shard keyspace");
+            for guard in ks.iter() {
+                let (k, v) = guard.into_inner().expect("entry");
+                old.insert(k, v).expect("copy");
+                moved += 1;
+            }
+            db.delete_keyspace(ks).expect("delete shard keyspace");
+        }
+        assert_eq!(moved, 60);
+        meta.insert("format", 1u32.to_be_bytes()).expect("format");
+        db.persist(fjall::PersistMode::SyncAll).expect("persist");
+    }
+
+    for round in 0..2 {
+        let log = EmbeddedLog::open(config(&path)).await.expect("reopen");
+        assert_eq!(log.len().await.expect("len"), 60, "round {round}");
+        if round == 0 {
+            let rest = conformance::drain(&log, "g", "w1", 100).await;
+            let seen: std::collections::HashSet<&str> =
+                first.iter().map(|e| e.payload_str()).collect();
+            assert_eq!(rest.len(), 40);
+            assert!(rest.iter().all(|e| !seen.contains(e.payload_str())));
+        }
+        log.close().await.expect("close");
+    }
+    let db = fjall::Database::builder(&path).open().expect("fjall");
+    assert!(!db.keyspace_exists("events"), "the old keyspace is gone");
+    let meta = db
+        .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+        .expect("meta");
+    let format = meta.get("format").expect("read").expect("format");
+    assert_eq!(&format[..], &2u32.to_be_bytes()[..]);
+}

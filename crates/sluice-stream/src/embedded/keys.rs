@@ -183,8 +183,14 @@ pub(crate) fn decode_pending(v: &[u8]) -> Option<(u64, u64, String)> {
 /// `meta` keyspace keys.
 pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) const META_SHARDS: &[u8] = b"shards";
-/// The on-disk layout version written at creation; bumped on incompatible changes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The on-disk layout version written at creation; bumped on incompatible changes. 2: one
+/// keyspace of entries per shard ([`events_keyspace`]); 1 had a single `events` keyspace.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// The keyspace holding one shard's entries (keys [`event_key`]).
+pub(crate) fn events_keyspace(shard: u32) -> String {
+    format!("events-{shard}")
+}
 
 /// `head/{shard}` (written by the append path): `last id (16) ‖ appended u64` — the newest id
 /// and how many entries were ever appended to the shard.

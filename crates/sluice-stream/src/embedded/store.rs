@@ -25,11 +25,19 @@ use tokio::sync::Notify;
 
 /// Largest in-memory table of a keyspace before it is flushed to disk.
 const MAX_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// Memtables of the shards' event keyspaces, all together.
+const EVENTS_MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
+/// Smallest memtable of one shard's keyspace.
+const MIN_SHARD_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Journal budget (fjall's minimum); past it, memtables are flushed.
 const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 
 use super::config::EmbeddedLogConfig;
 use super::keys::{self, Id, Position};
+
+/// Format 1 kept every shard's entries in one `events` keyspace; opening such a directory moves
+/// them to the shards' keyspaces (format 2).
+const FORMAT_ONE_KEYSPACE: u32 = 1;
 
 /// Most tombstones one trim batch writes before committing (and letting others in).
 const TRIM_CHUNK: usize = 10_000;
@@ -104,7 +112,8 @@ pub(crate) struct Store {
     pub dir: PathBuf,
     pub shards: u32,
     pub db: Database,
-    pub events: Keyspace,
+    /// One keyspace per shard (see `open`).
+    pub events: Vec<Keyspace>,
     pub meta: Keyspace,
     groups_ks: Keyspace,
     pending_ks: Keyspace,
@@ -255,24 +264,6 @@ impl Store {
             })
             .map_err(err)
         };
-        // Entries are written once, read near the head and deleted oldest first. With key-value
-        // separation their payloads go to blob files at flush, and compaction moves only keys and
-        // pointers instead of rewriting every payload at each level; a blob file whose entries
-        // are all trimmed is dropped whole. (Compaction rewriting payloads was ~60 % of fjall's
-        // background CPU in `sluice serve`, and the background work ~15 % of the process.)
-        // Blobs are not compressed: entries live minutes, and LZ4 over every payload was ~2 % of
-        // `serve`'s CPU at 50,000 events/s for disk the trim gives back soon anyway.
-        let events = db
-            .keyspace("events", || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(MAX_MEMTABLE_BYTES)
-                    .with_kv_separation(Some(
-                        fjall::KvSeparationOptions::default()
-                            .separation_threshold(256)
-                            .compression(fjall::CompressionType::None),
-                    ))
-            })
-            .map_err(err)?;
         let groups_ks = ks("groups")?;
         let pending_ks = ks("pending")?;
         let dead_ks = ks("dead")?;
@@ -294,7 +285,7 @@ impl Store {
                     .get(keys::META_FORMAT)
                     .map_err(err)?
                     .and_then(|v| keys::u32_value(&v));
-                if format != Some(keys::FORMAT_VERSION) {
+                if format != Some(keys::FORMAT_VERSION) && format != Some(FORMAT_ONE_KEYSPACE) {
                     return Err(LogError::Other(format!(
                         "data directory {} has embedded log format {format:?}, this build \
                          reads format {}",
@@ -314,6 +305,37 @@ impl Store {
                 batch.commit().map_err(err)?;
             }
         }
+
+        // One keyspace per shard: a shard's ids only grow, so each of its flushed tables holds
+        // keys above all older ones and compaction moves tables down without rewriting them.
+        // (With every shard in one keyspace, each flushed table overlapped every older one, and
+        // merging them was ~18 % of `serve`'s CPU after a minute at 50,000 events/s.) The
+        // memtable budget is shared: 32 MiB across the shards.
+        //
+        // Entries are written once, read near the head and deleted oldest first. With key-value
+        // separation their payloads go to blob files at flush, and compaction moves only keys and
+        // pointers instead of rewriting every payload at each level; a blob file whose entries
+        // are all trimmed is dropped whole. (Compaction rewriting payloads was ~60 % of fjall's
+        // background CPU in `sluice serve`, and the background work ~15 % of the process.)
+        // Blobs are not compressed: entries live minutes, and LZ4 over every payload was ~2 % of
+        // `serve`'s CPU at 50,000 events/s for disk the trim gives back soon anyway.
+        let shard_memtable =
+            (EVENTS_MEMTABLE_BYTES / u64::from(config.shards.max(1))).max(MIN_SHARD_MEMTABLE_BYTES);
+        let events = (0..config.shards)
+            .map(|shard| {
+                db.keyspace(&keys::events_keyspace(shard), || {
+                    KeyspaceCreateOptions::default()
+                        .max_memtable_size(shard_memtable)
+                        .with_kv_separation(Some(
+                            fjall::KvSeparationOptions::default()
+                                .separation_threshold(256)
+                                .compression(fjall::CompressionType::None),
+                        ))
+                })
+                .map_err(err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        migrate_one_keyspace(&db, &meta, &events, &dir)?;
 
         let mut heads = Vec::with_capacity(config.shards as usize);
         let mut tails = Vec::with_capacity(config.shards as usize);
@@ -550,7 +572,7 @@ impl Store {
             }
             let from = pos.last.successor().max(tails[s].below);
             let range = keys::event_key(shard, from)..=keys::event_key(shard, head.last);
-            for guard in self.events.range(range).take(count - out.len()) {
+            for guard in self.events[s].range(range).take(count - out.len()) {
                 let (k, v) = guard.into_inner().map_err(|e| self.err(&e))?;
                 let (_, id) =
                     keys::parse_event_key(&k).ok_or_else(|| corrupt(&self.dir, "event key"))?;
@@ -623,8 +645,7 @@ impl Store {
             } else {
                 (pos.last, to)
             };
-            let between = self
-                .events
+            let between = self.events[*shard as usize]
                 .range(keys::event_key(*shard, lo.successor())..=keys::event_key(*shard, hi))
                 .count() as u64;
             pos.delivered = if to < pos.last {
@@ -707,8 +728,7 @@ impl Store {
         let mut gone = Vec::new();
         for ((shard, id), deliveries) in chosen {
             let key = keys::pending_key(group, shard, id);
-            match self
-                .events
+            match self.events[shard as usize]
                 .get(keys::event_key(shard, id))
                 .map_err(|e| self.err(&e))?
             {
@@ -899,10 +919,11 @@ impl Store {
                 let mut n = 0u64;
                 let range = keys::event_key(shard, from)..keys::event_key(shard, bound);
                 let mut last_key = None;
-                for guard in self.events.range(range).take(TRIM_CHUNK) {
+                let keyspace = &self.events[shard as usize];
+                for guard in keyspace.range(range).take(TRIM_CHUNK) {
                     let k = guard.key().map_err(|e| self.err(&e))?;
                     last_key = Some(k.clone());
-                    batch.remove(&self.events, k);
+                    batch.remove(keyspace, k);
                     n += 1;
                 }
                 let done = n < TRIM_CHUNK as u64;
@@ -946,7 +967,7 @@ impl Store {
         let below = lock(&self.state).tails[shard as usize].below;
         let range = keys::event_key(shard, from.max(below))..=keys::event_key(shard, through);
         let mut out = Vec::new();
-        for guard in self.events.range(range).take(count) {
+        for guard in self.events[shard as usize].range(range).take(count) {
             let (k, v) = guard.into_inner().map_err(|e| self.err(&e))?;
             let (_, id) =
                 keys::parse_event_key(&k).ok_or_else(|| corrupt(&self.dir, "event key"))?;
@@ -1010,4 +1031,58 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Bring a format-1 directory (one `events` keyspace for all shards) to format 2: copy its
+/// entries into the shards' keyspaces, record format 2, then delete the old keyspace. Each step
+/// is durable before the next; after a crash the copy is redone (same keys, same values) or only
+/// the deletion is left, which the next open finishes.
+fn migrate_one_keyspace(
+    db: &Database,
+    meta: &Keyspace,
+    events: &[Keyspace],
+    dir: &Path,
+) -> Result<(), LogError> {
+    let err = |e: fjall::Error| storage_error(dir, &e);
+    const OLD: &str = "events";
+    let format = meta
+        .get(keys::META_FORMAT)
+        .map_err(err)?
+        .and_then(|v| keys::u32_value(&v));
+    if format != Some(FORMAT_ONE_KEYSPACE) {
+        if db.keyspace_exists(OLD) {
+            let old = db
+                .keyspace(OLD, KeyspaceCreateOptions::default)
+                .map_err(err)?;
+            db.delete_keyspace(old).map_err(err)?;
+        }
+        return Ok(());
+    }
+    let old = db
+        .keyspace(OLD, KeyspaceCreateOptions::default)
+        .map_err(err)?;
+    let mut copied = 0u64;
+    let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+    for guard in old.iter() {
+        let (k, v) = guard.into_inner().map_err(err)?;
+        let (shard, _) = keys::parse_event_key(&k).ok_or_else(|| corrupt(dir, "event key"))?;
+        let target = events
+            .get(shard as usize)
+            .ok_or_else(|| corrupt(dir, "event key shard"))?;
+        batch.insert(target, k, v);
+        copied += 1;
+        if copied.is_multiple_of(TRIM_CHUNK as u64) {
+            batch.commit().map_err(err)?;
+            batch = db.batch().durability(Some(PersistMode::SyncAll));
+        }
+    }
+    batch.insert(
+        meta,
+        keys::META_FORMAT,
+        &keys::FORMAT_VERSION.to_be_bytes()[..],
+    );
+    batch.commit().map_err(err)?;
+    db.delete_keyspace(old).map_err(err)?;
+    tracing::info!(dir = %dir.display(), entries = copied, "embedded log moved to one keyspace per shard (format 2)");
+    Ok(())
 }

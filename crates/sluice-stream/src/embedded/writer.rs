@@ -97,7 +97,7 @@ fn write(
         head.appended += 1;
         touched[r.shard as usize] = true;
         wb.insert(
-            &store.events,
+            &store.events[r.shard as usize],
             keys::event_key(r.shard, head.last),
             r.payload.as_ref(),
         );
