@@ -17,10 +17,12 @@ PRAGMA foreign_keys = OFF;
 PRAGMA temp_store = MEMORY;
 ";
 
-/// The writer: a larger page cache; no checkpoints of its own (a separate thread runs them, see
+/// The writer: a larger page cache (16 MiB: with the user index built in bulk, commits touch
+/// few pages besides the appended ones; 32 MiB was no faster at 50,000 events/s); no checkpoints
+/// of its own (a separate thread runs them, see
 /// `Checkpointer`), and the WAL file truncated back to 64 MB after a checkpoint resets it.
 pub(crate) const WRITER_PRAGMAS: &str = "
-PRAGMA cache_size = -32768;
+PRAGMA cache_size = -16384;
 PRAGMA wal_autocheckpoint = 0;
 PRAGMA journal_size_limit = 67108864;
 ";

@@ -49,7 +49,8 @@ pub struct EmbeddedLogConfig {
     pub append_timeout: Duration,
     /// Dead letters kept (the oldest are removed beyond it); 0 keeps everything.
     pub dead_letter_max_len: u64,
-    /// fjall's block cache, in bytes.
+    /// fjall's block cache, in bytes. Small by default: reads follow the appends closely and
+    /// find their entries in memtables or in blob files the OS still caches.
     pub cache_bytes: u64,
     /// Trimming keeps the entries appended within this long before the position every group
     /// has reached, as `RedisLogConfig::trim_keep` does: a processor that keeps its own
@@ -70,7 +71,7 @@ impl Default for EmbeddedLogConfig {
             max_batch: 10_000,
             append_timeout: Duration::from_secs(5),
             dead_letter_max_len: 100_000,
-            cache_bytes: 32 * 1024 * 1024,
+            cache_bytes: 8 * 1024 * 1024,
             trim_keep: Duration::ZERO,
         }
     }
