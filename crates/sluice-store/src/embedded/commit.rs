@@ -419,9 +419,19 @@ pub(crate) fn prune_events(conn: &mut Connection, days: u32) -> Result<usize, St
     Ok(n)
 }
 
+/// The tail at which a commit runs an index pass, given the rows indexed so far and the
+/// configured lag: a pass rewrites about every leaf of `user_index`, so passes get rarer as it
+/// grows (a 32nd of its rows: the cost per indexed row stays flat), up to four times the lag,
+/// which bounds the rows a user query scans.
+pub(crate) fn index_pass_threshold(indexed: u64, lag: u64) -> u64 {
+    let lag = lag.max(1);
+    (indexed / 32).clamp(lag, lag.saturating_mul(4))
+}
+
 /// Index the events not in `user_index` yet (see `0006_deferred_user_index.sql`) when there are
-/// at least `min_rows` of them, in one transaction; returns how many rows it covered.
-pub(crate) fn index_users(conn: &mut Connection, min_rows: u64) -> Result<u64, StoreError> {
+/// at least `index_pass_threshold(indexed, lag)` of them, in one transaction; returns how many
+/// rows it covered.
+pub(crate) fn index_users(conn: &mut Connection, lag: u64) -> Result<u64, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
@@ -430,7 +440,8 @@ pub(crate) fn index_users(conn: &mut Connection, min_rows: u64) -> Result<u64, S
         .and_then(|mut stmt| stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(sqlite_error)?;
     let tail = u64::try_from(last.saturating_sub(through)).unwrap_or(0);
-    if tail == 0 || tail < min_rows {
+    let indexed = u64::try_from(through).unwrap_or(0);
+    if tail == 0 || tail < index_pass_threshold(indexed, lag) {
         return Ok(0);
     }
     tx.prepare_cached(sql::USER_INDEX_ADD)
@@ -457,6 +468,14 @@ mod tests {
             "the last microsecond of 1969"
         );
         assert_eq!(day_of(0).map(day_text).as_deref(), Some("1970-01-01"));
+    }
+
+    #[test]
+    fn index_passes_get_rarer_as_the_index_grows_within_bounds() {
+        assert_eq!(index_pass_threshold(0, 65_536), 65_536);
+        assert_eq!(index_pass_threshold(32 * 100_000, 65_536), 100_000);
+        assert_eq!(index_pass_threshold(u64::MAX, 65_536), 262_144);
+        assert_eq!(index_pass_threshold(1_000, 0), 4, "a lag of 0 counts as 1");
     }
 
     #[test]

@@ -86,8 +86,9 @@ pub struct SqliteOptions {
     /// locking keeps their writes safe.
     pub exclusive: bool,
     /// Events inserted since the last pass of the user index (`0006_deferred_user_index.sql`)
-    /// at which a commit indexes them; `maintain()` indexes whatever is left. Queries are
-    /// complete either way: the rows not indexed yet are scanned, which this bounds.
+    /// at which a commit indexes them — at least this many, a 32nd of the rows indexed so far
+    /// once that is more, at most four times this; `maintain()` indexes whatever is left.
+    /// Queries are complete either way: the rows not indexed yet are scanned, which this bounds.
     pub user_index_lag_rows: u64,
 }
 
