@@ -311,7 +311,10 @@ async fn user_queries_are_complete_with_any_part_of_the_user_index_built() {
         let (entries, through, last) = user_index_state(&probe);
         match lag {
             // Every commit of 4 rows or more indexes (4 × the lag once the index has grown).
-            1 => assert!(last - through < 4, "nearly all indexed: {through} of {last}"),
+            1 => assert!(
+                last - through < 4,
+                "nearly all indexed: {through} of {last}"
+            ),
             1_500 => assert!(0 < through && through < last, "split: {through} of {last}"),
             _ => assert_eq!(
                 (entries, through),

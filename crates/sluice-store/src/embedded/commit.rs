@@ -428,10 +428,10 @@ pub(crate) fn index_pass_threshold(indexed: u64, lag: u64) -> u64 {
     (indexed / 32).clamp(lag, lag.saturating_mul(4))
 }
 
-/// Index the events not in `user_index` yet (see `0006_deferred_user_index.sql`) when there are
-/// at least `index_pass_threshold(indexed, lag)` of them, in one transaction; returns how many
-/// rows it covered.
-pub(crate) fn index_users(conn: &mut Connection, lag: u64) -> Result<u64, StoreError> {
+/// Index the events not in `user_index` yet (see `0006_deferred_user_index.sql`) in one
+/// transaction — with `Some(lag)`, only when there are at least
+/// `index_pass_threshold(indexed, lag)` of them; returns how many rows it covered.
+pub(crate) fn index_users(conn: &mut Connection, lag: Option<u64>) -> Result<u64, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
@@ -441,7 +441,7 @@ pub(crate) fn index_users(conn: &mut Connection, lag: u64) -> Result<u64, StoreE
         .map_err(sqlite_error)?;
     let tail = u64::try_from(last.saturating_sub(through)).unwrap_or(0);
     let indexed = u64::try_from(through).unwrap_or(0);
-    if tail == 0 || tail < index_pass_threshold(indexed, lag) {
+    if tail == 0 || lag.is_some_and(|lag| tail < index_pass_threshold(indexed, lag)) {
         return Ok(0);
     }
     tx.prepare_cached(sql::USER_INDEX_ADD)

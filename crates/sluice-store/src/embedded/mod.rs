@@ -589,11 +589,11 @@ impl Warehouse for SqliteWarehouse {
         // preparation overlaps the previous batch's commit.
         let rows: Vec<commit::EventRow> = events.iter().map(commit::EventRow::new).collect();
         let group = group.to_string();
-        let lag = self.inner.opts.user_index_lag_rows.max(1);
+        let lag = self.inner.opts.user_index_lag_rows;
         self.write(move |conn| {
             let outcome = commit::commit_batch(conn, &group, &rows, &offsets)?;
             // The batch is committed; a failed index pass only leaves a longer tail to scan.
-            if let Err(e) = commit::index_users(conn, lag) {
+            if let Err(e) = commit::index_users(conn, Some(lag)) {
                 tracing::warn!(error = %e, "indexing the users of new events failed; retrying later");
             }
             Ok(outcome)
@@ -629,7 +629,7 @@ impl Warehouse for SqliteWarehouse {
                 }
             }
         }
-        self.write(|conn| commit::index_users(conn, 1)).await?;
+        self.write(|conn| commit::index_users(conn, None)).await?;
         self.write(|conn| conn.execute_batch("PRAGMA optimize").map_err(sqlite_error))
             .await
     }
