@@ -3,10 +3,10 @@
 //!
 //! Times are INTEGER microseconds since the Unix epoch (UTC); `day` is TEXT `YYYY-MM-DD`.
 
-/// The page size of a new database: 16 KiB instead of SQLite's 4 KiB. A commit dirties one
-/// `events (source, user_id, ts)` leaf per distinct user however large the page, and larger
-/// pages make shallower trees and fewer splits: `commit_throughput` (1M events, 5,000 users,
-/// batches of 20,000) commits ~25 % faster than with 4 KiB.
+/// The page size of a new database: 16 KiB instead of SQLite's 4 KiB. Larger pages make
+/// shallower trees and fewer splits: `commit_throughput` (1M events, 5,000 users, batches of
+/// 20,000) committed ~25 % faster than with 4 KiB (measured with the per-row user indexes that
+/// `0006_deferred_user_index.sql` replaced; with 4 KiB and 2M events it was no faster since).
 pub(crate) const NEW_DATABASE_PRAGMAS: &str = "PRAGMA page_size = 16384;";
 
 /// Connection settings of every connection. `journal_mode = WAL` is persistent in the file;
