@@ -412,12 +412,14 @@ async fn retention_keeps_the_user_index_exact() {
     .await;
     let now = chrono::Utc::now();
     let old = now - chrono::Duration::days(40);
-    let recent: Vec<_> = (0..10)
-        .map(|i| conformance::event("s1", &format!("new-{i:02}"), "A", Some("u"), now))
-        .collect();
-    let stale: Vec<_> = (0..10)
-        .map(|i| conformance::event("s1", &format!("old-{i:02}"), "A", Some("u"), old))
-        .collect();
+    // `n` events of user "u" at `ts`, ids `{prefix}-00`, `{prefix}-01`, …
+    let of_u = |prefix: &str, n: usize, ts| -> Vec<_> {
+        (0..n)
+            .map(|i| conformance::event("s1", &format!("{prefix}-{i:02}"), "A", Some("u"), ts))
+            .collect()
+    };
+    let recent = of_u("new", 10, now);
+    let stale = of_u("old", 10, old);
     // The old events are the newest rows.
     wh.commit_batch("warehouse", &recent, &[])
         .await
@@ -437,9 +439,7 @@ async fn retention_keeps_the_user_index_exact() {
         "old entries gone, through lowered"
     );
     // New events may reuse rowids 11..: they must be indexed and found.
-    let later: Vec<_> = (0..5)
-        .map(|i| conformance::event("s1", &format!("later-{i:02}"), "A", Some("u"), now))
-        .collect();
+    let later = of_u("later", 5, now);
     wh.commit_batch("warehouse", &later, &[])
         .await
         .expect("commit");

@@ -431,11 +431,11 @@ pub(crate) fn index_pass_threshold(indexed: u64, lag: u64) -> u64 {
 /// Index the events not in `user_index` yet (see `0006_deferred_user_index.sql`) in one
 /// transaction — with `Some(lag)`, only when there are at least
 /// `index_pass_threshold(indexed, lag)` of them; returns how many rows it covered.
+///
+/// The tail is measured before the transaction (no write lock taken when there is nothing to
+/// do, which is most commits): only this connection, the writer, inserts events.
 pub(crate) fn index_users(conn: &mut Connection, lag: Option<u64>) -> Result<u64, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sqlite_error)?;
-    let (through, last): (i64, i64) = tx
+    let (through, last): (i64, i64) = conn
         .prepare_cached(sql::USER_INDEX_TAIL)
         .and_then(|mut stmt| stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(sqlite_error)?;
@@ -444,6 +444,9 @@ pub(crate) fn index_users(conn: &mut Connection, lag: Option<u64>) -> Result<u64
     if tail == 0 || lag.is_some_and(|lag| tail < index_pass_threshold(indexed, lag)) {
         return Ok(0);
     }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_error)?;
     tx.prepare_cached(sql::USER_INDEX_ADD)
         .and_then(|mut stmt| stmt.execute(params![through, last]))
         .map_err(sqlite_error)?;
