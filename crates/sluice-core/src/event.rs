@@ -76,22 +76,30 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_id: Option<String>,
     /// Event time after clock-skew correction.
-    #[serde(deserialize_with = "crate::rfc3339::deserialize")]
+    #[serde(
+        serialize_with = "crate::rfc3339::serialize",
+        deserialize_with = "crate::rfc3339::deserialize"
+    )]
     pub timestamp: DateTime<Utc>,
     /// The client's own `timestamp`, uncorrected.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::rfc3339::serialize_option",
         deserialize_with = "crate::rfc3339::deserialize_option"
     )]
     pub original_timestamp: Option<DateTime<Utc>>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::rfc3339::serialize_option",
         deserialize_with = "crate::rfc3339::deserialize_option"
     )]
     pub sent_at: Option<DateTime<Utc>>,
-    #[serde(deserialize_with = "crate::rfc3339::deserialize")]
+    #[serde(
+        serialize_with = "crate::rfc3339::serialize",
+        deserialize_with = "crate::rfc3339::deserialize"
+    )]
     pub received_at: DateTime<Utc>,
     /// The free-form objects, kept as JSON text end to end (see [`JsonObject`]).
     #[serde(default)]

@@ -1,11 +1,13 @@
-//! Reading the log's timestamps fast. The canonical event writes every time as chrono does,
-//! `YYYY-MM-DDTHH:MM:SS[.fraction]Z`; consumers read four per event, and chrono's general RFC 3339
-//! parser was a tenth of the fraud processor's CPU. [`parse_utc`] reads that one form directly
-//! and hands anything else (offsets, leap seconds, lowercase, spaces) to chrono, so it accepts
-//! exactly what `DateTime<Utc>`'s `FromStr` (and serde) accepts, with the same result.
+//! Writing and reading the log's timestamps fast. The canonical event writes every time as
+//! chrono does, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`; consumers read four per event, and chrono's
+//! general RFC 3339 parser was a tenth of the fraud processor's CPU. [`parse_utc`] reads that one
+//! form directly and hands anything else (offsets, leap seconds, lowercase, spaces) to chrono, so
+//! it accepts exactly what `DateTime<Utc>`'s `FromStr` (and serde) accepts, with the same result.
+//! [`serialize`] writes the same text as chrono's `Serialize` without going through
+//! `core::fmt` (which was a sixth of the API's cost of writing an event to the log).
 
-use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Deserializer};
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Parse an RFC 3339 time as chrono's `DateTime<Utc>::from_str` does.
 pub fn parse_utc(s: &str) -> Option<DateTime<Utc>> {
@@ -52,6 +54,61 @@ fn fast(b: &[u8]) -> Option<DateTime<Utc>> {
         date.and_hms_nano_opt(hour, minute, second, nanos)?
             .and_utc(),
     )
+}
+
+/// The text chrono's `Serialize` gives `t` (`to_rfc3339_opts(SecondsFormat::AutoSi, true)`:
+/// no fraction, or 3, 6 or 9 digits, whichever shows it exactly), for years 0–9999 outside leap
+/// seconds; None otherwise (chrono then writes it).
+fn format(t: &DateTime<Utc>) -> Option<([u8; 30], usize)> {
+    let (year, nanos) = (t.year(), t.nanosecond());
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        return None;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |at: usize, width: usize, mut n: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year as u32);
+    put(5, 2, t.month());
+    put(8, 2, t.day());
+    put(11, 2, t.hour());
+    put(14, 2, t.minute());
+    put(17, 2, t.second());
+    let digits = match nanos {
+        0 => 0,
+        n if n % 1_000_000 == 0 => 3,
+        n if n % 1_000 == 0 => 6,
+        _ => 9,
+    };
+    if digits == 0 {
+        b[19] = b'Z';
+        return Some((b, 20));
+    }
+    put(20, digits, nanos / 10u32.pow(9 - digits as u32));
+    b[20 + digits] = b'Z';
+    Some((b, 21 + digits))
+}
+
+/// `#[serde(serialize_with = "rfc3339::serialize")]` for a `DateTime<Utc>` field: the same
+/// text as chrono's `Serialize`.
+pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    match format(t) {
+        Some((b, len)) => {
+            s.serialize_str(std::str::from_utf8(&b[..len]).map_err(serde::ser::Error::custom)?)
+        }
+        None => t.serialize(s),
+    }
+}
+
+/// The same for an `Option<DateTime<Utc>>` field (use with `skip_serializing_if`).
+pub fn serialize_option<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize(t, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// `#[serde(deserialize_with = "rfc3339::deserialize")]` for a `DateTime<Utc>` field.
@@ -115,6 +172,16 @@ mod tests {
             let s = serde_json::to_value(t).expect("ser");
             let s = s.as_str().expect("string");
             prop_assert_eq!(parse_utc(s), Some(t));
+        }
+
+        #[test]
+        fn writes_what_chrono_writes(secs in -62_000_000_000i64..253_000_000_000i64, nanos in 0u32..2_000_000_000, digits in 0u32..4) {
+            // Every fraction length (0, 3, 6, 9 digits) and leap seconds, which chrono writes.
+            let nanos = if nanos < 1_000_000_000 { nanos - nanos % 10u32.pow(3 * digits) } else { nanos };
+            let Some(t) = DateTime::from_timestamp(secs, nanos) else { return Ok(()) };
+            #[derive(serde::Serialize)]
+            struct Ours(#[serde(serialize_with = "serialize")] DateTime<Utc>);
+            prop_assert_eq!(serde_json::to_string(&Ours(t)).expect("ser"), serde_json::to_string(&t).expect("ser"));
         }
 
         #[test]

@@ -107,12 +107,15 @@ pub(crate) fn commit_batch(
     group: &str,
     rows: &[EventRow],
     offsets: &Offsets,
+    known: &mut KnownUsers,
 ) -> Result<CommitOutcome, StoreError> {
     let now = micros(Utc::now());
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
     let mut inserted = 0u64;
+    // The batch's daily users not known to be stored yet; remembered once the batch commits.
+    let mut new_users: Vec<(i64, &str, &str)> = Vec::new();
     if !rows.is_empty() {
         let mut claim = tx.prepare_cached(sql::CLAIM_DEDUPE).map_err(sqlite_error)?;
         let mut insert = tx.prepare_cached(sql::INSERT_EVENT).map_err(sqlite_error)?;
@@ -163,11 +166,14 @@ pub(crate) fn commit_batch(
                 .map_err(sqlite_error)?;
         }
 
-        let mut users: Vec<_> = users.into_iter().collect();
-        users.sort_unstable();
+        new_users = users
+            .into_iter()
+            .filter(|&(day, source, user)| !known.contains(day, source, user))
+            .collect();
+        new_users.sort_unstable();
         let mut days: HashMap<i64, String> = HashMap::new();
         let mut dau = tx.prepare_cached(sql::ADD_DAU).map_err(sqlite_error)?;
-        for (day, source, user) in users {
+        for &(day, source, user) in &new_users {
             let text: &str = match days.entry(day) {
                 Entry::Occupied(o) => o.into_mut(),
                 Entry::Vacant(v) => {
@@ -183,10 +189,52 @@ pub(crate) fn commit_batch(
     }
     upsert_offsets(&tx, group, offsets, now)?;
     tx.commit().map_err(sqlite_error)?;
+    for (day, source, user) in new_users {
+        known.insert(day, source, user);
+    }
     Ok(CommitOutcome {
         inserted,
         duplicates: (rows.len() as u64).saturating_sub(inserted),
     })
+}
+
+/// Rows of `daily_active_users` known to be committed, so that a batch skips the upserts of
+/// users already counted today: without it every batch probed the table once per distinct user
+/// (~0.6 probes per event at 50,000 events/s and 5,000 users). Only what a committed transaction
+/// wrote (or found) is added, and nothing deletes those rows, so a known row is always stored.
+/// Bounded: past [`KnownUsers::MAX`] entries it starts over.
+#[derive(Debug, Default)]
+pub(crate) struct KnownUsers {
+    /// Day (days since the epoch) → source → user keys.
+    days: HashMap<i64, HashMap<Box<str>, HashSet<Box<str>>>>,
+    len: usize,
+}
+
+impl KnownUsers {
+    /// ~100 bytes each: at most ~10 MB.
+    const MAX: usize = 100_000;
+
+    fn contains(&self, day: i64, source: &str, user: &str) -> bool {
+        self.days
+            .get(&day)
+            .and_then(|sources| sources.get(source))
+            .is_some_and(|users| users.contains(user))
+    }
+
+    fn insert(&mut self, day: i64, source: &str, user: &str) {
+        if self.len >= Self::MAX {
+            self.days.clear();
+            self.len = 0;
+        }
+        let sources = self.days.entry(day).or_default();
+        if !sources.contains_key(source) {
+            sources.insert(source.into(), HashSet::new());
+        }
+        let users = sources.get_mut(source).expect("inserted just above");
+        if users.insert(user.into()) {
+            self.len += 1;
+        }
+    }
 }
 
 fn upsert_offsets(
@@ -490,5 +538,78 @@ mod tests {
         let o = Offsets::new(&[p(1, "5-10"), p(0, "3-0"), p(1, "5-9")]).expect("valid");
         let got: Vec<_> = o.0.iter().map(|(s, v)| (*s, v.2.as_str())).collect();
         assert_eq!(got, vec![(0, "3-0"), (1, "5-10")]);
+    }
+
+    fn row(id: &str, user: &str) -> EventRow {
+        let json = format!(
+            r#"{{"event_id":"{id}","source":"s","kind":"track","name":"n","user_id":"{user}","timestamp":"2026-11-27T10:00:00Z","received_at":"2026-11-27T10:00:01Z"}}"#
+        );
+        EventRow::new(&Event::from_json(json.as_bytes()).expect("valid event"))
+    }
+
+    fn daily_users(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT user_key FROM daily_active_users ORDER BY user_key")
+            .expect("prepare");
+        let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+        rows.map(|r| r.expect("row")).collect()
+    }
+
+    #[test]
+    fn daily_users_are_known_only_once_their_batch_commits() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        super::super::migrate::migrate(&mut conn).expect("migrate");
+        let offsets = Offsets::new(&[ShardPosition {
+            shard: 0,
+            last_id: "1-0".into(),
+        }])
+        .expect("valid");
+        let mut known = KnownUsers::default();
+
+        // A batch whose transaction fails (here at its offsets) must leave no user known.
+        conn.execute_batch(
+            "CREATE TEMP TRIGGER fail BEFORE INSERT ON consumer_offsets
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        )
+        .expect("trigger");
+        let batch = [row("e1", "alice"), row("e2", "bob")];
+        assert!(commit_batch(&mut conn, "g", &batch, &offsets, &mut known).is_err());
+        assert!(!known.contains(day_of_row(&batch[0]), "s", "alice"));
+        assert!(daily_users(&conn).is_empty());
+
+        // Retried, the batch stores both users, and they are known from then on.
+        conn.execute_batch("DROP TRIGGER fail")
+            .expect("drop trigger");
+        let done = commit_batch(&mut conn, "g", &batch, &offsets, &mut known).expect("commit");
+        assert_eq!(done.inserted, 2);
+        assert_eq!(daily_users(&conn), ["alice", "bob"]);
+        assert!(known.contains(day_of_row(&batch[0]), "s", "bob"));
+
+        // A known user's later events add no row and lose none.
+        let later = [row("e3", "alice"), row("e4", "carol")];
+        commit_batch(&mut conn, "g", &later, &offsets, &mut known).expect("commit");
+        assert_eq!(daily_users(&conn), ["alice", "bob", "carol"]);
+    }
+
+    fn day_of_row(r: &EventRow) -> i64 {
+        r.ts.div_euclid(DAY_US)
+    }
+
+    #[test]
+    fn known_users_start_over_past_their_bound() {
+        let mut known = KnownUsers::default();
+        for i in 0..KnownUsers::MAX {
+            known.insert(1, "s", &format!("u{i}"));
+        }
+        assert!(known.contains(1, "s", "u0"));
+        assert!(!known.contains(2, "s", "u0"), "another day");
+        assert!(!known.contains(1, "t", "u0"), "another source");
+        known.insert(1, "s", "one more");
+        assert!(known.contains(1, "s", "one more"));
+        assert!(
+            !known.contains(1, "s", "u0"),
+            "forgotten: the bound was reached"
+        );
+        assert_eq!(known.len, 1);
     }
 }

@@ -119,6 +119,8 @@ struct Inner {
     // directory lock is released.
     _checkpointer: Checkpointer,
     writer: Arc<Mutex<Connection>>,
+    /// Daily users known to be stored; locked only while holding `writer`.
+    known_users: Arc<Mutex<commit::KnownUsers>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_permits: Semaphore,
     db_path: PathBuf,
@@ -319,6 +321,7 @@ fn open_blocking(path: &Path, opts: SqliteOptions) -> Result<SqliteWarehouse, St
         inner: Arc::new(Inner {
             _checkpointer: checkpointer,
             writer: Arc::new(Mutex::new(writer)),
+            known_users: Arc::default(),
             readers: Arc::new(Mutex::new(vec![reader])),
             reader_permits: Semaphore::new(readers),
             db_path: layout.db,
@@ -590,8 +593,10 @@ impl Warehouse for SqliteWarehouse {
         let rows: Vec<commit::EventRow> = events.iter().map(commit::EventRow::new).collect();
         let group = group.to_string();
         let lag = self.inner.opts.user_index_lag_rows;
+        let known = Arc::clone(&self.inner.known_users);
         self.write(move |conn| {
-            let outcome = commit::commit_batch(conn, &group, &rows, &offsets)?;
+            let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
+            let outcome = commit::commit_batch(conn, &group, &rows, &offsets, &mut known)?;
             // The batch is committed; a failed index pass only leaves a longer tail to scan.
             if let Err(e) = commit::index_users(conn, Some(lag)) {
                 tracing::warn!(error = %e, "indexing the users of new events failed; retrying later");
