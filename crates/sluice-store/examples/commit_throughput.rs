@@ -2,8 +2,9 @@
 //! `cargo run --release -p sluice-store --features testing --example commit_throughput --
 //! [postgres|embedded|embedded-normal] [events] [batch] [workers]`
 //! (defaults postgres, 400000, 10000, 1). `embedded` is SQLite with `synchronous = FULL`,
-//! `embedded-normal` with `NORMAL`. Events look like `sluice bench`'s: several names, thousands
-//! of users, ~300-byte properties. Prints one JSON line.
+//! `embedded-normal` with `NORMAL`; `USER_INDEX_LAG_ROWS=N` sets the embedded user index's lag.
+//! Events look like `sluice bench`'s: several names, thousands of users, ~300-byte properties.
+//! Prints one JSON line.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,9 +47,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 Synchronous::Normal
             };
+            let defaults = SqliteOptions::default();
             let opts = SqliteOptions {
                 synchronous,
-                ..SqliteOptions::default()
+                user_index_lag_rows: std::env::var("USER_INDEX_LAG_ROWS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(defaults.user_index_lag_rows),
+                ..defaults
             };
             let wh = SqliteWarehouse::open(dir.path(), opts).await?;
             _dir = Some(dir);
