@@ -452,6 +452,47 @@ fn memory_stays_within_max_subjects() {
 }
 
 #[test]
+fn event_ids_are_held_once_per_window_and_let_go_with_it() {
+    // Every path that keeps or drops an id: firing, pruning, replay's cut to N + 1, IPs'
+    // latest ids, expiry and eviction; short ids in place and long ones (> 38 bytes) apart.
+    for max_subjects in [1_000_000, 40] {
+        let config = FraudConfig {
+            max_subjects,
+            ..FraudConfig::default()
+        };
+        let mut config = config;
+        config.ip_many_users.include_private = true;
+        let mut live = detector(config.clone());
+        let mut replayed = detector(config);
+        let mut out = Vec::new();
+        let events = mixed_sequence(7);
+        let last = events.len() - 1;
+        for (i, mut e) in events.into_iter().enumerate() {
+            if i % 3 == 0 {
+                e.event_id = format!("a-long-event-id-of-more-than-38-bytes-{i}");
+            }
+            live.observe(&(&e).into(), base(), &mut out);
+            replayed.replay(&(&e).into());
+            if i % 100 == 0 {
+                live.maintain();
+                replayed.maintain();
+            }
+            if i % 20 != 0 && i != last {
+                continue;
+            }
+            for d in [&live, &replayed] {
+                if let Err(problem) = d.check_ids() {
+                    panic!("after event {i} (max_subjects {max_subjects}): {problem}");
+                }
+            }
+        }
+        assert!(!out.is_empty(), "the sequence fires rules");
+        assert!(live.held_ids() > 0);
+        assert!(out.iter().any(|a| a.first_event_id.len() > 38));
+    }
+}
+
+#[test]
 fn idle_subjects_expire() {
     let stats = Arc::new(FraudStats::default());
     let mut d = Detector::new(FraudConfig::default(), stats.clone());
