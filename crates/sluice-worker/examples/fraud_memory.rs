@@ -29,6 +29,8 @@ fn main() {
         .collect();
     let rate = args.first().copied().unwrap_or(50_000);
     let seconds = args.get(1).copied().unwrap_or(30);
+    // The names `sluice bench` sends (`crates/sluice/src/commands/bench.rs`; that crate depends
+    // on this one, so the list is repeated here).
     const NAMES: [&str; 12] = [
         "page_view",
         "click",

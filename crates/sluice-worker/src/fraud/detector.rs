@@ -269,7 +269,7 @@ impl Ids {
                     ]
                     .into_boxed_slice(),
                 );
-                // Handed out lowest first.
+                // Handed out lowest first. (u32 slot numbers: 4 billion slots would be 160 GB.)
                 self.free
                     .extend((base as u32 + 1..(base + CHUNK) as u32).rev());
                 base as u32
