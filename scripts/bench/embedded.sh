@@ -11,9 +11,17 @@ shift 2 || shift $#
 PORT=18094
 DATA=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; cp "$DATA"/serve.log /tmp/embedded-serve.log 2>/dev/null; rm -rf "$DATA"' EXIT
+if curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz"; then
+  echo "port $PORT is taken (a serve left from an earlier run?): $(pgrep -fa "serve --listen 127.0.0.1:$PORT" || true)"
+  exit 1
+fi
 $B serve --listen 127.0.0.1:$PORT --data-dir "$DATA/d" "$@" >"$DATA/serve.log" 2>&1 &
 SERVE=$!
-for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 200); do
+  kill -0 $SERVE 2>/dev/null || { echo "serve exited:"; cat "$DATA/serve.log"; exit 1; }
+  curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break
+  sleep 0.1
+done
 KEY=$(grep -oE 'write key[^A-Za-z0-9]*[A-Za-z0-9_]+' "$DATA/serve.log" | head -1 | grep -oE '[A-Za-z0-9_]+$')
 [ -n "$KEY" ] || { echo "no write key in serve's output:"; cat "$DATA/serve.log"; exit 1; }
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }  # utime+stime, clock ticks
