@@ -1,8 +1,9 @@
 //! The fraud detector's memory at a steady rate, without IO: `sluice bench`'s event shape
 //! (5,000 users, 12 names, unique ids) fed through [`Detector::observe`] with the default rules.
 //! `cargo run --release -p sluice-worker --example fraud_memory -- [events_per_sec] [seconds]`
-//! (defaults 50,000 and 30). Prints one JSON line: subjects held, alerts, and the process's RSS
-//! at the end and at its peak (run it under `heaptrack` to see where the bytes are).
+//! (defaults 50,000 and 30). Prints one JSON line: subjects and event ids held, alerts, and the
+//! process's RSS at the end and at its peak (run it under `heaptrack` to see where the bytes
+//! are).
 
 use std::sync::Arc;
 
@@ -81,8 +82,9 @@ fn main() {
     }
     let (rss, peak) = rss_mb();
     println!(
-        "{{\"events\":{total},\"rate\":{rate},\"subjects\":{},\"alerts\":{},\"rss_mb\":{rss},\"peak_rss_mb\":{peak}}}",
+        "{{\"events\":{total},\"rate\":{rate},\"subjects\":{},\"held_ids\":{},\"alerts\":{},\"rss_mb\":{rss},\"peak_rss_mb\":{peak}}}",
         detector.subjects(),
+        detector.held_ids(),
         fired + alerts.len(),
     );
 }

@@ -703,7 +703,7 @@ impl Detector {
             let want = held.get(&at).copied().unwrap_or(0);
             if slot.holders != want {
                 return Err(format!(
-                    "slot {at}: {} holders counted, {want} hold it",
+                    "slot {at}: its count says {} holders, {want} windows hold it",
                     slot.holders
                 ));
             }
