@@ -2,9 +2,11 @@
 # Embedded mode end to end (docs/benchmarks.md, issue 4): `sluice serve` with no services on a
 # fresh data directory, `sluice bench --verify` at a target rate, serve's RSS sampled.
 # Usage: scripts/bench/embedded.sh RATE [DURATION] [extra serve flags...]
+# B=BINARY runs another build (serve and bench); BENCH=BINARY another build's load generator.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${B:-target/release/sluice}
+BENCH=${BENCH:-$B}
 RATE=${1:?rate}
 DUR=${2:-60s}
 shift 2 || shift $#
@@ -32,7 +34,7 @@ cpu0=$(cpu $SERVE)
     echo "$r"; sleep 0.5
   done ) > "$DATA/rss" &
 /usr/bin/time -f "bench CPU: %U s user + %S s system" -o "$DATA/bench.time" \
-  $B bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
+  $BENCH bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
   --concurrency 50 --duration "$DUR" --verify --store "embedded:$DATA/d" | tee "$DATA/bench.json"
 cpu1=$(cpu $SERVE)
 landed=$(grep -oE '"landed": [0-9]+' "$DATA/bench.json" | grep -oE '[0-9]+$')

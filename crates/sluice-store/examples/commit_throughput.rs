@@ -2,7 +2,8 @@
 //! `cargo run --release -p sluice-store --features testing --example commit_throughput --
 //! [postgres|embedded|embedded-normal] [events] [batch] [workers]`
 //! (defaults postgres, 400000, 10000, 1). `embedded` is SQLite with `synchronous = FULL`,
-//! `embedded-normal` with `NORMAL`; `USER_INDEX_LAG_ROWS=N` sets the embedded user index's lag.
+//! `embedded-normal` with `NORMAL`; `USER_INDEX_LAG_ROWS=N` sets the embedded user index's lag;
+//! `RANDOM_IDS=1` gives the events ids spread like SDKs' random UUIDs (default: ascending ids).
 //! Events look like `sluice bench`'s: several names, thousands of users, ~300-byte properties.
 //! Prints one JSON line.
 
@@ -75,6 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Checkout",
         "Signed Up",
     ];
+    let random_ids = std::env::var_os("RANDOM_IDS").is_some();
     let batches: Vec<Vec<_>> = (0..total)
         .collect::<Vec<_>>()
         .chunks(batch)
@@ -85,7 +87,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let ts = now - Duration::milliseconds((i % 600_000) as i64);
                     conformance::event(
                         "bench",
-                        &format!("{i:012}-{:08x}", i.wrapping_mul(2_654_435_761)),
+                        &if random_ids {
+                            // Like SDKs' random UUIDs: each id lands anywhere in the id indexes.
+                            format!(
+                                "{:016x}-{i:012}",
+                                (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            )
+                        } else {
+                            format!("{i:012}-{:08x}", i.wrapping_mul(2_654_435_761))
+                        },
                         names[i % names.len()],
                         Some(&format!("user-{}", i % 5000)),
                         ts,

@@ -135,8 +135,20 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
             (4, "alerts".to_string()),
             (5, "partial_user_indexes".to_string()),
             (6, "deferred_user_index".to_string()),
+            (7, "no_event_id_index".to_string()),
         ]
     );
+    let id_indexes: i64 = probe
+        .with(|c| {
+            c.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' \
+                 AND sql LIKE '%event_id%'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .expect("sqlite_master");
+    assert_eq!(id_indexes, 0, "no index on the events' ids");
     let mode: String = probe
         .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
         .expect("journal_mode");

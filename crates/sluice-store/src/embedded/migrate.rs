@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "deferred_user_index",
         sql: include_str!("../../migrations/sqlite/0006_deferred_user_index.sql"),
     },
+    Migration {
+        version: 7,
+        name: "no_event_id_index",
+        sql: include_str!("../../migrations/sqlite/0007_no_event_id_index.sql"),
+    },
 ];
 
 /// Apply every pending migration. A database written by a newer sluice (a version this binary

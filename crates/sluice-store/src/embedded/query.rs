@@ -231,8 +231,9 @@ pub(crate) fn stored_event_ids(
     Ok(out)
 }
 
-/// `(rows, distinct ids)` of `source` whose id starts with `prefix`, through the
-/// `(source, event_id)` index: ids in `[prefix, successor(prefix))`.
+/// `(rows, distinct ids)` of `source` whose id starts with `prefix` (ids in
+/// `[prefix, successor(prefix))`), by a scan of the raw events: a verification look-up, run
+/// once at the end of a benchmark, that must count the rows themselves to see a duplicate.
 pub(crate) fn count_by_id_prefix(
     conn: &Connection,
     source: &str,

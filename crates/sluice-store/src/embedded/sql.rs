@@ -223,7 +223,8 @@ pub(crate) const USER_INDEX_SET_THROUGH: &str = "UPDATE user_index_state SET thr
 pub(crate) const EVENT_ID_STORED: &str =
     "SELECT EXISTS (SELECT 1 FROM event_dedupe WHERE source = ?1 AND event_id = ?2)";
 
-/// Rows and distinct ids of ?1 with ids in `[?2, ?3)`.
+/// Rows and distinct ids of ?1 with ids in `[?2, ?3)`: a scan of `events` (there is no index on
+/// the id, see `0007_no_event_id_index.sql`; this runs once per `sluice bench --verify`).
 pub(crate) const COUNT_ID_RANGE: &str = "
 SELECT count(*), count(DISTINCT event_id) FROM events
 WHERE source = ?1 AND event_id >= ?2 AND event_id < ?3";

@@ -3,7 +3,9 @@
 //! `--concurrency` tasks each own one HTTP/1.1 keep-alive connection and send requests back to
 //! back (or paced to `--rate`); every ack latency goes into an HDR histogram. Events are realistic:
 //! several names, thousands of users, ~300-byte properties, unique `messageId`s
-//! (`{run}-{task}-{seq}`) so a verification pass can find every one of them.
+//! (`{run}-` and 16 hex digits that look random, as SDKs' UUIDs are: each new id lands anywhere
+//! in a warehouse's id indexes, not next to the previous one) so a verification pass can find
+//! every one of them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,14 +235,28 @@ impl EventGen {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let _ = write!(
             out,
-            r#"{{"type":"track","messageId":"{}-{}-{}","userId":"user-{}","event":"{}","properties":{},"timestamp":"{}","context":{{"library":{{"name":"sluice-bench","version":"1"}}}}}}"#,
-            self.run, self.task, self.seq, user, name, props, now
+            r#"{{"type":"track","messageId":"{}-{:016x}","userId":"user-{}","event":"{}","properties":{},"timestamp":"{}","context":{{"library":{{"name":"sluice-bench","version":"1"}}}}}}"#,
+            self.run,
+            self.id_bits(self.seq),
+            user,
+            name,
+            props,
+            now
         );
     }
 
     /// The `messageId` of this generator's event number `seq`.
     fn event_id(&self, seq: u64) -> String {
-        format!("{}-{}-{}", self.run, self.task, seq)
+        format!("{}-{:016x}", self.run, self.id_bits(seq))
+    }
+
+    /// `(task, seq)` scrambled by a bijection of `u64` (splitmix64's finaliser): unique per
+    /// event while `seq < 2^40`, spread like random ids, and recomputable for the samples.
+    fn id_bits(&self, seq: u64) -> u64 {
+        let mut z = ((self.task as u64) << 40) ^ seq;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     fn body(&mut self, batch_size: usize) -> Bytes {
@@ -559,9 +575,36 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
         let batch = v["batch"].as_array().expect("batch");
         assert_eq!(batch.len(), 5);
-        assert_eq!(batch[4]["messageId"], "r-3-5");
+        assert_eq!(batch[4]["messageId"], g.event_id(5).as_str());
         let single: serde_json::Value = serde_json::from_slice(&g.body(1)).expect("valid JSON");
-        assert_eq!(single["messageId"], "r-3-6");
+        assert_eq!(single["messageId"], g.event_id(6).as_str());
+        let other = EventGen {
+            run: "r".into(),
+            task: 4,
+            seq: 0,
+            users: 10,
+            rng: SmallRng::seed_from_u64(1),
+            properties: Arc::clone(&g.properties),
+        };
+        let ids: std::collections::HashSet<String> = (1..=10_000)
+            .flat_map(|seq| [g.event_id(seq), other.event_id(seq)])
+            .collect();
+        assert_eq!(
+            ids.len(),
+            20_000,
+            "ids are unique across tasks and sequence numbers"
+        );
+        assert!(ids
+            .iter()
+            .all(|id| id.starts_with("r-") && id.len() == 2 + 16));
+        // Like random UUIDs, consecutive ids are in increasing order about half the time.
+        let rising = (1..10_000)
+            .filter(|&seq| g.event_id(seq) < g.event_id(seq + 1))
+            .count();
+        assert!(
+            (4_000..6_000).contains(&rising),
+            "{rising} of 9,999 pairs rise"
+        );
         let props = single["properties"].to_string();
         assert!(
             props.len() > 250 && props.len() < 450,
