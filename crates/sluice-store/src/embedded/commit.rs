@@ -1,8 +1,8 @@
 //! `commit_batch` and `commit_alerts`: one SQLite transaction (`BEGIN IMMEDIATE`) each.
 //!
-//! A batch: for each event in order, claim `(source, event_id)` in `event_dedupe` (a conflict
-//! means a duplicate: already stored, or earlier in the same batch) and insert the claimed event
-//! into `events`; the claimed events' per-minute counts and daily users are summed in memory and
+//! A batch: claim each event's `(source, event_id)` in `event_dedupe`, in key order (a conflict
+//! means a duplicate: already stored, or earlier in the same batch), and insert the claimed
+//! events into `events` in batch order; the claimed events' per-minute counts and daily users are summed in memory and
 //! written as one upsert per `(minute, source, name)` / `(day, source, user)`; then the forward-
 //! only consumer offsets; then COMMIT. Either all of it is committed or none of it, and a
 //! redelivered batch finds its keys claimed and adds nothing — the same result as PostgreSQL's
@@ -121,13 +121,23 @@ pub(crate) fn commit_batch(
         let mut insert = tx.prepare_cached(sql::INSERT_EVENT).map_err(sqlite_error)?;
         let mut counts: HashMap<(i64, &str, &str), i64> = HashMap::new();
         let mut users: HashSet<(i64, &str, &str)> = HashSet::new();
-        for r in rows {
-            let claimed = claim
+        // Claims in key order: a batch's ids (random UUIDs, from SDKs) fall on pages all over
+        // `event_dedupe`; in key order each page is visited once, and the writer's page cache
+        // does not evict a page a later id of the same batch needs again. The sort is stable, so
+        // of two events with the same id the earlier one in the batch claims it, as before.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by(|&a, &b| {
+            (&rows[a].source, &rows[a].event_id).cmp(&(&rows[b].source, &rows[b].event_id))
+        });
+        let mut claimed = vec![false; rows.len()];
+        for i in order {
+            let r = &rows[i];
+            claimed[i] = claim
                 .execute(params![r.source, r.event_id, now])
-                .map_err(sqlite_error)?;
-            if claimed == 0 {
-                continue;
-            }
+                .map_err(sqlite_error)?
+                > 0;
+        }
+        for (r, _) in rows.iter().zip(&claimed).filter(|(_, &c)| c) {
             insert
                 .execute(params![
                     r.event_id,

@@ -266,6 +266,26 @@ pub async fn duplicates_within_batch(wh: &dyn Warehouse, probe: &dyn Probe) {
         50
     );
     assert_rollups_exact(probe).await;
+
+    // Two versions of one id in a batch, other ids around them: the earlier one is stored.
+    let later = at(2024, 5, 1, 9, 7, 0);
+    let batch = [
+        event("s1", "zz", "Viewed", Some("u1"), t),
+        event("s1", "aa", "Viewed", Some("u1"), t),
+        event("s1", "zz", "Viewed", Some("u1"), later),
+        event("s1", "mm", "Viewed", Some("u1"), later),
+    ];
+    let o = commit(wh, &batch, &[]).await;
+    assert_eq!(
+        o,
+        CommitOutcome {
+            inserted: 3,
+            duplicates: 1
+        }
+    );
+    assert_eq!(ok(probe.stored_ts("s1", "zz").await, "ts").await, Some(t));
+    assert_eq!(ok(probe.copies("s1", "zz").await, "copies").await, 1);
+    assert_rollups_exact(probe).await;
 }
 
 /// A client retry with the same messageId but another sentAt (so another corrected timestamp)
