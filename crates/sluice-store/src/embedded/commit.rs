@@ -2,11 +2,11 @@
 //!
 //! A batch: claim each event's `(source, event_id)` in `event_dedupe`, in key order (a conflict
 //! means a duplicate: already stored, or earlier in the same batch), and insert the claimed
-//! events into `events` in batch order; the claimed events' per-minute counts and daily users are summed in memory and
-//! written as one upsert per `(minute, source, name)` / `(day, source, user)`; then the forward-
-//! only consumer offsets; then COMMIT. Either all of it is committed or none of it, and a
-//! redelivered batch finds its keys claimed and adds nothing — the same result as PostgreSQL's
-//! `COMMIT_STAGED` for the same input.
+//! events into `events` in batch order; the claimed events' per-minute counts and daily users
+//! are summed in memory and written as one upsert per `(minute, source, name)` /
+//! `(day, source, user)`; then the forward-only consumer offsets; then COMMIT. Either all of it
+//! is committed or none of it, and a redelivered batch finds its keys claimed and adds nothing —
+//! the same result as PostgreSQL's `COMMIT_STAGED` for the same input.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
