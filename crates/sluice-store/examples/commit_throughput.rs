@@ -76,7 +76,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Checkout",
         "Signed Up",
     ];
-    let random_ids = std::env::var_os("RANDOM_IDS").is_some();
+    let random_ids =
+        matches!(std::env::var("RANDOM_IDS").as_deref(), Ok(v) if !v.is_empty() && v != "0");
     let batches: Vec<Vec<_>> = (0..total)
         .collect::<Vec<_>>()
         .chunks(batch)
