@@ -18,7 +18,7 @@ async fn setup_with(opts: SqliteOptions) -> (TempDir, SqliteWarehouse, SqlitePro
     let wh = SqliteWarehouse::open(dir.path(), opts)
         .await
         .expect("open embedded warehouse");
-    let probe = SqliteProbe::open(wh.database_path()).expect("probe");
+    let probe = SqliteProbe::open(&wh).expect("probe");
     (dir, wh, probe)
 }
 
@@ -118,7 +118,7 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
     .await
     .expect("reopen by URL");
     assert_eq!(conformance::commit(&wh, &events, &[]).await.inserted, 0);
-    let probe = SqliteProbe::open(wh.database_path()).expect("probe");
+    let probe = SqliteProbe::open(&wh).expect("probe");
     let versions: Vec<(i64, String)> = probe
         .with(|c| {
             let mut s = c.prepare("SELECT version, name FROM schema_migrations ORDER BY 1")?;
@@ -136,7 +136,21 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
             (5, "partial_user_indexes".to_string()),
             (6, "deferred_user_index".to_string()),
             (7, "no_event_id_index".to_string()),
+            (8, "dedupe_index".to_string()),
         ]
+    );
+    let dedupe_tables: i64 = probe
+        .with(|c| {
+            c.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'event_dedupe'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .expect("sqlite_master");
+    assert_eq!(
+        dedupe_tables, 0,
+        "the dedupe window lives in the dedupe index"
     );
     let id_indexes: i64 = probe
         .with(|c| {
@@ -157,6 +171,78 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
         .with(|c| c.query_row("PRAGMA page_size", [], |r| r.get(0)))
         .expect("page_size");
     assert_eq!(page, 16384, "a new database has 16 KiB pages");
+}
+
+/// The dedupe index is derived from `events`: deleted, it is rebuilt at the next open, and a
+/// redelivery still adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dedupe_index_is_rebuilt_from_the_events() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let t = chrono::Utc::now();
+    let batch = |prefix: &str| -> Vec<_> {
+        (0..10)
+            .map(|i| conformance::event("s1", &format!("{prefix}-{i}"), "A", Some("u"), t))
+            .collect()
+    };
+    let open = || SqliteWarehouse::open(dir.path(), SqliteOptions::default());
+    {
+        let wh = open().await.expect("open");
+        assert_eq!(
+            conformance::commit(&wh, &batch("a"), &[]).await.inserted,
+            10
+        );
+    }
+    let index = dir.path().join(sluice_store::embedded::ID_INDEX_DIR);
+    assert!(index.is_dir(), "the index lives in the data directory");
+    std::fs::remove_dir_all(&index).expect("delete the index");
+    let wh = open().await.expect("reopen");
+    assert_eq!(conformance::commit(&wh, &batch("a"), &[]).await.inserted, 0);
+    assert_eq!(
+        conformance::commit(&wh, &batch("b"), &[]).await.inserted,
+        10
+    );
+    let found = wh
+        .stored_event_ids("s1", &["a-3".to_string(), "b-3".into(), "c-3".into()])
+        .await
+        .expect("stored ids");
+    assert_eq!(found, ["a-3", "b-3"]);
+}
+
+/// An index ahead of the database (here: the database file put back to an older copy, as
+/// commits lost to a power cut with `synchronous = NORMAL` would leave it) must not refuse the
+/// events the database lost: it is rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedupe_index_ahead_of_the_database_is_rebuilt() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let t = chrono::Utc::now();
+    let batch = |prefix: &str| -> Vec<_> {
+        (0..10)
+            .map(|i| conformance::event("s1", &format!("{prefix}-{i}"), "A", Some("u"), t))
+            .collect()
+    };
+    let open = || SqliteWarehouse::open(dir.path(), SqliteOptions::default());
+    let db = dir.path().join(sluice_store::embedded::DATABASE_FILE);
+    let copy = dir.path().join("older.sqlite3");
+    {
+        let wh = open().await.expect("open");
+        conformance::commit(&wh, &batch("a"), &[]).await;
+    }
+    std::fs::copy(&db, &copy).expect("copy the database");
+    {
+        let wh = open().await.expect("reopen");
+        assert_eq!(
+            conformance::commit(&wh, &batch("b"), &[]).await.inserted,
+            10
+        );
+    }
+    std::fs::rename(&copy, &db).expect("put the older database back");
+    let wh = open().await.expect("open the older database");
+    assert_eq!(
+        conformance::commit(&wh, &batch("b"), &[]).await.inserted,
+        10,
+        "the events the database lost get in again"
+    );
+    assert_eq!(conformance::commit(&wh, &batch("a"), &[]).await.inserted, 0);
 }
 
 /// The writer never checkpoints (it is the pipeline's serial stage); the checkpoint thread copies
@@ -381,22 +467,21 @@ async fn user_query_breaks_ties_by_event_id_across_the_index_and_the_tail() {
         .await
         .expect("commit");
     assert_eq!(user_index_state(&probe).1, 5);
-    // Tail: three more, written straight into `events` below the warehouse so no pass runs.
-    let wh_tail = SqliteWarehouse::open(
-        _dir.path(),
-        SqliteOptions {
-            exclusive: false,
-            user_index_lag_rows: u64::MAX,
-            ..SqliteOptions::default()
-        },
-    )
-    .await
-    .expect("second handle");
-    let rest: Vec<_> = ids[5..].iter().map(|id| make(id)).collect();
-    wh_tail
-        .commit_batch("warehouse", &rest, &[])
-        .await
-        .expect("commit");
+    // Tail: three more, written straight into `events` below the warehouse so no pass runs
+    // (copies of a stored row: same user and time).
+    for id in &ids[5..] {
+        probe
+            .with(|c| {
+                c.execute(
+                    "INSERT INTO events SELECT ?1, source, kind, name, user_id, anonymous_id,
+                         group_id, previous_id, ts, original_ts, sent_at, received_at,
+                         properties, traits, context, integrations
+                     FROM events WHERE event_id = ?2",
+                    [id, &ids[0]],
+                )
+            })
+            .expect("insert a tail row");
+    }
     assert_eq!(user_index_state(&probe).1, 5, "the tail is not indexed");
     let mut want: Vec<&str> = ids.to_vec();
     want.sort_unstable_by(|a, b| b.cmp(a));

@@ -1,12 +1,13 @@
 //! `commit_batch` and `commit_alerts`: one SQLite transaction (`BEGIN IMMEDIATE`) each.
 //!
-//! A batch: claim each event's `(source, event_id)` in `event_dedupe`, in key order (a conflict
-//! means a duplicate: already stored, or earlier in the same batch), and insert the claimed
-//! events into `events` in batch order; the claimed events' per-minute counts and daily users
-//! are summed in memory and written as one upsert per `(minute, source, name)` /
-//! `(day, source, user)`; then the forward-only consumer offsets; then COMMIT. Either all of it
-//! is committed or none of it, and a redelivered batch finds its keys claimed and adds nothing —
-//! the same result as PostgreSQL's `COMMIT_STAGED` for the same input.
+//! A batch: each event whose `(source, event_id)` is neither in the dedupe index (`ids`: stored
+//! within the window) nor earlier in the same batch is claimed and inserted into `events`, in
+//! batch order; the claimed events' per-minute counts and daily users are summed in memory and
+//! written as one upsert per `(minute, source, name)` / `(day, source, user)`; then the
+//! forward-only consumer offsets; then COMMIT. Either all of it is committed or none of it; once
+//! it is, the claimed ids go into the index before the writer lock is released, so a
+//! redelivered batch finds them and adds nothing — the same result as PostgreSQL's
+//! `COMMIT_STAGED` for the same input.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,6 +18,7 @@ use rusqlite::{params, Connection, Row, TransactionBehavior};
 use sluice_core::warehouse::{Alert, CommitOutcome, ShardPosition, StoreError};
 use sluice_core::{Event, EventKind, JsonObject};
 
+use super::ids::{self, IdIndex};
 use super::{sql, sqlite_error};
 use crate::common::parse_log_id;
 
@@ -108,35 +110,31 @@ pub(crate) fn commit_batch(
     rows: &[EventRow],
     offsets: &Offsets,
     known: &mut KnownUsers,
+    index: &IdIndex,
 ) -> Result<CommitOutcome, StoreError> {
     let now = micros(Utc::now());
+    // Claims, before the transaction: the index holds only committed ids, and this connection
+    // is the only writer.
+    let keys: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| ids::key(&r.source, &r.event_id))
+        .collect();
+    let mut in_batch: HashSet<&[u8]> = HashSet::with_capacity(rows.len());
+    let mut claimed = vec![false; rows.len()];
+    for (c, k) in claimed.iter_mut().zip(&keys) {
+        *c = in_batch.insert(k) && !index.contains(k)?;
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
     let mut inserted = 0u64;
+    let mut last_rowid = None;
     // The batch's daily users not known to be stored yet; remembered once the batch commits.
     let mut new_users: Vec<(i64, &str, &str)> = Vec::new();
     if !rows.is_empty() {
-        let mut claim = tx.prepare_cached(sql::CLAIM_DEDUPE).map_err(sqlite_error)?;
         let mut insert = tx.prepare_cached(sql::INSERT_EVENT).map_err(sqlite_error)?;
         let mut counts: HashMap<(i64, &str, &str), i64> = HashMap::new();
         let mut users: HashSet<(i64, &str, &str)> = HashSet::new();
-        // Claims in key order: a batch's ids (random UUIDs, from SDKs) fall on pages all over
-        // `event_dedupe`; in key order each page is visited once, and the writer's page cache
-        // does not evict a page a later id of the same batch needs again. The sort is stable, so
-        // of two events with the same id the earlier one in the batch claims it, as before.
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by(|&a, &b| {
-            (&rows[a].source, &rows[a].event_id).cmp(&(&rows[b].source, &rows[b].event_id))
-        });
-        let mut claimed = vec![false; rows.len()];
-        for i in order {
-            let r = &rows[i];
-            claimed[i] = claim
-                .execute(params![r.source, r.event_id, now])
-                .map_err(sqlite_error)?
-                > 0;
-        }
         for (r, _) in rows.iter().zip(&claimed).filter(|(_, &c)| c) {
             insert
                 .execute(params![
@@ -159,6 +157,7 @@ pub(crate) fn commit_batch(
                 ])
                 .map_err(sqlite_error)?;
             inserted += 1;
+            last_rowid = Some(tx.last_insert_rowid());
             *counts
                 .entry((minute_of(r.ts), r.source.as_str(), r.rollup_name()))
                 .or_default() += 1;
@@ -199,6 +198,18 @@ pub(crate) fn commit_batch(
     }
     upsert_offsets(&tx, group, offsets, now)?;
     tx.commit().map_err(sqlite_error)?;
+    if let Some(through) = last_rowid {
+        let new = keys
+            .iter()
+            .zip(&claimed)
+            .filter(|(_, &c)| c)
+            .map(|(k, _)| (k.as_slice(), now));
+        if let Err(e) = index.record(new, through, false) {
+            // Committed all the same: the next commit catches the index up from `events` first.
+            tracing::warn!(error = %e, "recording the batch's ids in the dedupe index failed");
+            index.mark_stale();
+        }
+    }
     for (day, source, user) in new_users {
         known.insert(day, source, user);
     }
@@ -437,16 +448,11 @@ pub(crate) fn read_event(r: &Row<'_>) -> Result<Event, StoreError> {
     })
 }
 
-/// Delete one batch of dedupe records older than the window; returns how many.
-pub(crate) fn prune_dedupe(conn: &mut Connection, window: Duration) -> Result<usize, StoreError> {
+/// Forget one batch of dedupe records older than the window; returns how many.
+pub(crate) fn prune_dedupe(index: &IdIndex, window: Duration) -> Result<usize, StoreError> {
     let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
     let cutoff = micros(Utc::now()).saturating_sub(window_us);
-    let mut stmt = conn
-        .prepare_cached(sql::PRUNE_DEDUPE)
-        .map_err(sqlite_error)?;
-    let n = stmt
-        .execute(params![cutoff, sql::PRUNE_BATCH])
-        .map_err(sqlite_error)?;
+    let n = index.prune(cutoff, sql::PRUNE_BATCH as usize)?;
     if n > 0 {
         tracing::debug!(pruned = n, "pruned dedupe records");
     }
@@ -454,8 +460,13 @@ pub(crate) fn prune_dedupe(conn: &mut Connection, window: Duration) -> Result<us
 }
 
 /// Delete one batch of raw events older than `days` (event time) and their `user_index`
-/// entries; returns how many events.
-pub(crate) fn prune_events(conn: &mut Connection, days: u32) -> Result<usize, StoreError> {
+/// entries; returns how many events. Should the batch hold the newest rows, the dedupe index's
+/// `through` is lowered first (SQLite hands their rowids out again).
+pub(crate) fn prune_events(
+    conn: &mut Connection,
+    index: &IdIndex,
+    days: u32,
+) -> Result<usize, StoreError> {
     let cutoff = micros(Utc::now()).saturating_sub(i64::from(days).saturating_mul(DAY_US));
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -467,6 +478,10 @@ pub(crate) fn prune_events(conn: &mut Connection, days: u32) -> Result<usize, St
         .and_then(|mut stmt| stmt.execute(params![cutoff, sql::PRUNE_BATCH]))
         .map_err(sqlite_error)?;
     if n > 0 {
+        let remaining: i64 = tx
+            .query_row(sql::PRUNE_EVENTS_LAST_KEPT, [], |r| r.get(0))
+            .map_err(sqlite_error)?;
+        index.lower_through(remaining)?;
         tx.execute_batch(sql::PRUNE_EVENTS_DELETE)
             .map_err(sqlite_error)?;
     }
@@ -569,6 +584,8 @@ mod tests {
     fn daily_users_are_known_only_once_their_batch_commits() {
         let mut conn = Connection::open_in_memory().expect("open");
         super::super::migrate::migrate(&mut conn).expect("migrate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = IdIndex::open(dir.path()).expect("dedupe index");
         let offsets = Offsets::new(&[ShardPosition {
             shard: 0,
             last_id: "1-0".into(),
@@ -583,21 +600,22 @@ mod tests {
         )
         .expect("trigger");
         let batch = [row("e1", "alice"), row("e2", "bob")];
-        assert!(commit_batch(&mut conn, "g", &batch, &offsets, &mut known).is_err());
+        assert!(commit_batch(&mut conn, "g", &batch, &offsets, &mut known, &index).is_err());
         assert!(!known.contains(day_of_row(&batch[0]), "s", "alice"));
         assert!(daily_users(&conn).is_empty());
 
         // Retried, the batch stores both users, and they are known from then on.
         conn.execute_batch("DROP TRIGGER fail")
             .expect("drop trigger");
-        let done = commit_batch(&mut conn, "g", &batch, &offsets, &mut known).expect("commit");
+        let done =
+            commit_batch(&mut conn, "g", &batch, &offsets, &mut known, &index).expect("commit");
         assert_eq!(done.inserted, 2);
         assert_eq!(daily_users(&conn), ["alice", "bob"]);
         assert!(known.contains(day_of_row(&batch[0]), "s", "bob"));
 
         // A known user's later events add no row and lose none.
         let later = [row("e3", "alice"), row("e4", "carol")];
-        commit_batch(&mut conn, "g", &later, &offsets, &mut known).expect("commit");
+        commit_batch(&mut conn, "g", &later, &offsets, &mut known, &index).expect("commit");
         assert_eq!(daily_users(&conn), ["alice", "bob", "carol"]);
     }
 

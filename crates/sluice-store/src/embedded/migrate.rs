@@ -52,6 +52,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "no_event_id_index",
         sql: include_str!("../../migrations/sqlite/0007_no_event_id_index.sql"),
     },
+    Migration {
+        version: 8,
+        name: "dedupe_index",
+        sql: include_str!("../../migrations/sqlite/0008_dedupe_index.sql"),
+    },
 ];
 
 /// Apply every pending migration. A database written by a newer sluice (a version this binary

@@ -7,6 +7,7 @@
 //! - `sql`: every SQL statement;
 //! - `migrate`: embedded migrations (`migrations/sqlite/*.sql`);
 //! - `commit`: the one-transaction batch commit and alert commit;
+//! - `ids`: the dedupe index (fjall), derived from `events`;
 //! - `keys`: API keys;
 //! - `query`: the query API's reads and the verification look-ups.
 //!
@@ -15,6 +16,7 @@
 //! consistent snapshot while a commit is in progress), so a query never waits behind a commit.
 
 mod commit;
+mod ids;
 mod keys;
 mod migrate;
 mod query;
@@ -40,6 +42,8 @@ use tokio::sync::Semaphore;
 pub const DATABASE_FILE: &str = "warehouse.sqlite3";
 /// File name of the lock file inside the data directory.
 pub const LOCK_FILE: &str = "warehouse.lock";
+/// Directory of the dedupe index inside the data directory.
+pub const ID_INDEX_DIR: &str = "warehouse-ids";
 
 /// How hard a commit is pushed to disk (SQLite `PRAGMA synchronous`, in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,8 +86,10 @@ pub struct SqliteOptions {
     /// retryable "disk full" error). `None`: as large as the disk allows.
     pub max_size_bytes: Option<u64>,
     /// Hold the data directory's lock so no other sluice process serves from it (default). Tools
-    /// that only manage keys beside a running `sluice serve` open it shared: SQLite's own
-    /// locking keeps their writes safe.
+    /// that only manage keys or read beside a running `sluice serve` open it shared: SQLite's
+    /// own locking keeps their writes safe. A shared warehouse has no dedupe index (it belongs
+    /// to the process holding the lock), so it cannot commit batches or run `maintain()`, and
+    /// answers `stored_event_ids` by scanning `events`.
     pub exclusive: bool,
     /// Events inserted since the last pass of the user index (`0006_deferred_user_index.sql`)
     /// at which a commit indexes them — at least this many, a 32nd of the rows indexed so far
@@ -121,6 +127,9 @@ struct Inner {
     writer: Arc<Mutex<Connection>>,
     /// Daily users known to be stored; locked only while holding `writer`.
     known_users: Arc<Mutex<commit::KnownUsers>>,
+    /// The dedupe index (exclusive opens only); written only while holding `writer`, read by
+    /// anyone (fjall is safe to share).
+    ids: Option<Arc<ids::IdIndex>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_permits: Semaphore,
     db_path: PathBuf,
@@ -175,6 +184,24 @@ impl SqliteWarehouse {
         &self.inner.opts
     }
 
+    /// The dedupe index, or why there is none.
+    fn id_index(&self) -> Result<Arc<ids::IdIndex>, StoreError> {
+        self.inner.ids.clone().ok_or_else(|| {
+            StoreError::Other(
+                "this embedded warehouse was opened shared (beside a running sluice serve): it \
+                 has no dedupe index, so it cannot commit events or run maintenance"
+                    .into(),
+            )
+        })
+    }
+
+    /// Make every dedupe record look `by` older (tests of the dedupe window).
+    #[cfg(feature = "testing")]
+    pub async fn age_dedupe_records(&self, by: Duration) -> Result<(), StoreError> {
+        let index = self.id_index()?;
+        self.write(move |_| index.age(by)).await
+    }
+
     /// Run `f` with the writer connection on the blocking pool.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -224,6 +251,24 @@ impl SqliteWarehouse {
     }
 }
 
+/// A handle on a [`SqliteWarehouse`] that does not keep it open (test probes).
+#[cfg(feature = "testing")]
+pub(crate) struct WeakWarehouse(std::sync::Weak<Inner>);
+
+#[cfg(feature = "testing")]
+impl WeakWarehouse {
+    pub(crate) fn upgrade(&self) -> Option<SqliteWarehouse> {
+        self.0.upgrade().map(|inner| SqliteWarehouse { inner })
+    }
+}
+
+#[cfg(feature = "testing")]
+impl SqliteWarehouse {
+    pub(crate) fn downgrade(&self) -> WeakWarehouse {
+        WeakWarehouse(Arc::downgrade(&self.inner))
+    }
+}
+
 /// `embedded:PATH` / `embedded://PATH` → PATH.
 fn parse_url(url: &str) -> Result<PathBuf, StoreError> {
     let rest = url.strip_prefix("embedded:").ok_or_else(|| {
@@ -246,6 +291,8 @@ struct Layout {
     dir: PathBuf,
     db: PathBuf,
     lock: PathBuf,
+    /// The dedupe index's directory.
+    ids: PathBuf,
 }
 
 fn layout(path: &Path) -> Result<Layout, StoreError> {
@@ -260,12 +307,16 @@ fn layout(path: &Path) -> Result<Layout, StoreError> {
             _ => PathBuf::from("."),
         };
         create_dir(&dir)?;
-        let mut lock = path.as_os_str().to_owned();
-        lock.push(".lock");
+        let with_suffix = |suffix: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
         Ok(Layout {
             dir,
             db: path.to_path_buf(),
-            lock: PathBuf::from(lock),
+            lock: with_suffix(".lock"),
+            ids: with_suffix(".ids"),
         })
     } else {
         create_dir(path)?;
@@ -273,6 +324,7 @@ fn layout(path: &Path) -> Result<Layout, StoreError> {
             dir: path.to_path_buf(),
             db: path.join(DATABASE_FILE),
             lock: path.join(LOCK_FILE),
+            ids: path.join(ID_INDEX_DIR),
         })
     }
 }
@@ -306,6 +358,13 @@ fn open_blocking(path: &Path, opts: SqliteOptions) -> Result<SqliteWarehouse, St
     };
     let mut writer = open_connection(&layout.db, &opts, Role::Writer)?;
     migrate::migrate(&mut writer)?;
+    let ids = if opts.exclusive {
+        let index = ids::IdIndex::open(&layout.ids)?;
+        ids::catch_up(&writer, &index, opts.dedupe_window)?;
+        Some(Arc::new(index))
+    } else {
+        None
+    };
     let reader = open_connection(&layout.db, &opts, Role::Reader)?;
     let checkpointer = Checkpointer::start(open_connection(&layout.db, &opts, Role::Checkpointer)?);
     if checkpointer.thread.is_none() {
@@ -322,6 +381,7 @@ fn open_blocking(path: &Path, opts: SqliteOptions) -> Result<SqliteWarehouse, St
             _checkpointer: checkpointer,
             writer: Arc::new(Mutex::new(writer)),
             known_users: Arc::default(),
+            ids,
             readers: Arc::new(Mutex::new(vec![reader])),
             reader_permits: Semaphore::new(readers),
             db_path: layout.db,
@@ -545,6 +605,12 @@ pub(crate) fn sqlite_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Lock a mutex whose holder may have panicked: the data behind it stays consistent (a panic
+/// leaves no half-done write; SQLite rolls back, fjall batches are atomic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn join_error(e: tokio::task::JoinError) -> StoreError {
     if e.is_cancelled() {
         StoreError::Unavailable("warehouse task cancelled".into())
@@ -593,10 +659,15 @@ impl Warehouse for SqliteWarehouse {
         let rows: Vec<commit::EventRow> = events.iter().map(commit::EventRow::new).collect();
         let group = group.to_string();
         let lag = self.inner.opts.user_index_lag_rows;
+        let window = self.inner.opts.dedupe_window;
         let known = Arc::clone(&self.inner.known_users);
+        let index = self.id_index()?;
         self.write(move |conn| {
-            let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
-            let outcome = commit::commit_batch(conn, &group, &rows, &offsets, &mut known)?;
+            let mut known = lock(&known);
+            if index.is_stale() {
+                ids::catch_up(conn, &index, window)?;
+            }
+            let outcome = commit::commit_batch(conn, &group, &rows, &offsets, &mut known, &index)?;
             // The batch is committed; a failed index pass only leaves a longer tail to scan.
             if let Err(e) = commit::index_users(conn, Some(lag)) {
                 tracing::warn!(error = %e, "indexing the users of new events failed; retrying later");
@@ -614,11 +685,13 @@ impl Warehouse for SqliteWarehouse {
     async fn maintain(&self) -> Result<(), StoreError> {
         let window = self.inner.opts.dedupe_window;
         let retention = self.inner.opts.retention_days;
+        let index = self.id_index()?;
         // Each batch is its own short transaction; the writer lock is released in between so
         // commits are not held up behind a long prune.
         loop {
+            let index = Arc::clone(&index);
             let n = self
-                .write(move |conn| commit::prune_dedupe(conn, window))
+                .write(move |_| commit::prune_dedupe(&index, window))
                 .await?;
             if n < sql::PRUNE_BATCH as usize {
                 break;
@@ -626,8 +699,9 @@ impl Warehouse for SqliteWarehouse {
         }
         if let Some(days) = retention {
             loop {
+                let index = Arc::clone(&index);
                 let n = self
-                    .write(move |conn| commit::prune_events(conn, days))
+                    .write(move |conn| commit::prune_events(conn, &index, days))
                     .await?;
                 if n < sql::PRUNE_BATCH as usize {
                     break;
@@ -666,9 +740,18 @@ impl Warehouse for SqliteWarehouse {
         event_ids: &[String],
     ) -> Result<Vec<String>, StoreError> {
         let source = source.to_string();
-        let ids = event_ids.to_vec();
-        self.read(move |conn| query::stored_event_ids(conn, &source, &ids))
+        let event_ids = event_ids.to_vec();
+        match self.inner.ids.clone() {
+            Some(index) => tokio::task::spawn_blocking(move || {
+                query::stored_event_ids(&index, &source, &event_ids)
+            })
             .await
+            .map_err(join_error)?,
+            None => {
+                self.read(move |conn| query::scan_event_ids(conn, &source, &event_ids))
+                    .await
+            }
+        }
     }
 
     async fn count_by_id_prefix(

@@ -13,6 +13,7 @@ use sluice_core::warehouse::{
 use sluice_core::Event;
 
 use super::commit::{day_text, micros, read_alert, read_event};
+use super::ids::{self, IdIndex};
 use super::{sql, sqlite_error};
 
 /// A count series (or a day series) longer than this is refused (the HTTP API allows far
@@ -204,31 +205,53 @@ pub(crate) fn alerts(
     Ok(out)
 }
 
-/// The ids of `event_ids` stored for `source`, in the order asked, each once. Answered from
-/// `event_dedupe` (written in the same transaction as the event; its primary key answers without
-/// touching the raw events), as on PostgreSQL.
+/// The ids of `event_ids` stored for `source` within the dedupe window, in the order asked,
+/// each once: answered by the dedupe index, as PostgreSQL answers from `event_dedupe`.
 pub(crate) fn stored_event_ids(
-    conn: &Connection,
+    index: &IdIndex,
     source: &str,
     event_ids: &[String],
 ) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(sql::EVENT_ID_STORED)
-        .map_err(sqlite_error)?;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for id in event_ids {
-        if !seen.insert(id.as_str()) {
-            continue;
-        }
-        let stored: bool = stmt
-            .query_row(params![source, id], |r| r.get(0))
-            .map_err(sqlite_error)?;
-        if stored {
+        if seen.insert(id.as_str()) && index.contains(&ids::key(source, id))? {
             out.push(id.clone());
         }
     }
     Ok(out)
+}
+
+/// [`stored_event_ids`] without the index (a warehouse opened shared): one scan of `source`'s
+/// events, so whatever their age.
+pub(crate) fn scan_event_ids(
+    conn: &Connection,
+    source: &str,
+    event_ids: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let wanted: HashSet<&str> = event_ids.iter().map(String::as_str).collect();
+    let mut found: HashSet<String> = HashSet::new();
+    if !wanted.is_empty() {
+        let mut stmt = conn
+            .prepare_cached(sql::SCAN_EVENT_IDS)
+            .map_err(sqlite_error)?;
+        let mut rows = stmt.query(params![source]).map_err(sqlite_error)?;
+        while let Some(r) = rows.next().map_err(sqlite_error)? {
+            let id = r
+                .get_ref(0)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(sqlite_error)?;
+            if wanted.contains(id) && !found.contains(id) {
+                found.insert(id.to_string());
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    Ok(event_ids
+        .iter()
+        .filter(|id| found.contains(id.as_str()) && seen.insert(id.as_str()))
+        .cloned()
+        .collect())
 }
 
 /// `(rows, distinct ids)` of `source` whose id starts with `prefix` (ids in

@@ -51,11 +51,6 @@ pub(crate) const RECORD_MIGRATION: &str =
 
 // --- commit_batch -----------------------------------------------------------------------------
 
-/// Claim `(source, event_id)`: one changed row = a new event, none = a duplicate.
-pub(crate) const CLAIM_DEDUPE: &str = "
-INSERT INTO event_dedupe (source, event_id, seen_at) VALUES (?1, ?2, ?3)
-ON CONFLICT DO NOTHING";
-
 pub(crate) const INSERT_EVENT: &str = "
 INSERT INTO events (event_id, source, kind, name, user_id, anonymous_id, group_id, previous_id,
     ts, original_ts, sent_at, received_at, properties, traits, context, integrations)
@@ -220,8 +215,8 @@ ORDER BY 1, 2, 3, 4, 5";
 
 pub(crate) const USER_INDEX_SET_THROUGH: &str = "UPDATE user_index_state SET through = ?1";
 
-pub(crate) const EVENT_ID_STORED: &str =
-    "SELECT EXISTS (SELECT 1 FROM event_dedupe WHERE source = ?1 AND event_id = ?2)";
+/// The ids of ?1's events (a scan: a warehouse opened shared has no dedupe index to ask).
+pub(crate) const SCAN_EVENT_IDS: &str = "SELECT event_id FROM events WHERE source = ?1";
 
 /// Rows and distinct ids of ?1 with ids in `[?2, ?3)`: a scan of `events` (there is no index on
 /// the id, see `0007_no_event_id_index.sql`; this runs once per `sluice bench --verify`).
@@ -236,12 +231,6 @@ WHERE source = ?1 AND event_id >= ?2";
 
 // --- maintenance ------------------------------------------------------------------------------
 
-/// Delete one small batch of dedupe records seen before ?1.
-pub(crate) const PRUNE_DEDUPE: &str = "
-DELETE FROM event_dedupe WHERE (source, event_id) IN (
-    SELECT source, event_id FROM event_dedupe WHERE seen_at < ?1 LIMIT ?2
-)";
-
 /// Retention, one small batch per transaction: the rowids of up to ?2 events older than ?1 go
 /// into `temp.doomed`, their `user_index` entries are deleted, then the events; `through` is
 /// lowered to the largest remaining rowid, so that a rowid SQLite hands out again after the
@@ -252,6 +241,11 @@ DELETE FROM temp.doomed;";
 
 pub(crate) const PRUNE_EVENTS_COLLECT: &str =
     "INSERT INTO temp.doomed (rid) SELECT rowid FROM events WHERE ts < ?1 LIMIT ?2";
+
+/// The largest rowid not in `temp.doomed` (0 when none): from the end, stopping at the first.
+pub(crate) const PRUNE_EVENTS_LAST_KEPT: &str = "
+SELECT coalesce((SELECT rowid FROM events WHERE rowid NOT IN (SELECT rid FROM temp.doomed)
+                 ORDER BY rowid DESC LIMIT 1), 0)";
 
 pub(crate) const PRUNE_EVENTS_DELETE: &str = "
 DELETE FROM user_index WHERE (source, anonymous, user_key, ts, event_rowid) IN (

@@ -1,7 +1,6 @@
 //! [`SqliteProbe`]: reads an embedded (SQLite) warehouse's tables directly for assertions, on a
 //! connection of its own (WAL lets it read while the warehouse writes).
 
-use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,20 +10,25 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sluice_core::warehouse::StoreError;
 
 use super::conformance::Probe;
-use crate::embedded::sqlite_error;
+use crate::embedded::{sqlite_error, WeakWarehouse};
+use crate::SqliteWarehouse;
 
 pub struct SqliteProbe {
     conn: Mutex<Connection>,
+    /// For the dedupe index, which only the warehouse's process can open; weak, so that the
+    /// probe does not keep the data directory locked.
+    warehouse: WeakWarehouse,
 }
 
 impl SqliteProbe {
-    /// Open the database file (`SqliteWarehouse::database_path`).
-    pub fn open(db: &Path) -> Result<SqliteProbe, StoreError> {
-        let conn = Connection::open(db).map_err(sqlite_error)?;
+    /// Open the warehouse's database file on a connection of the probe's own.
+    pub fn open(wh: &SqliteWarehouse) -> Result<SqliteProbe, StoreError> {
+        let conn = Connection::open(wh.database_path()).map_err(sqlite_error)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(sqlite_error)?;
         Ok(SqliteProbe {
             conn: Mutex::new(conn),
+            warehouse: wh.downgrade(),
         })
     }
 
@@ -178,13 +182,10 @@ impl Probe for SqliteProbe {
     }
 
     async fn age_dedupe(&self, by: Duration) -> Result<(), StoreError> {
-        let us = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
-        self.with(|c| {
-            c.execute(
-                "UPDATE event_dedupe SET seen_at = seen_at - ?1",
-                params![us],
-            )
-        })?;
-        Ok(())
+        self.warehouse
+            .upgrade()
+            .ok_or_else(|| StoreError::Other("the probed warehouse is closed".into()))?
+            .age_dedupe_records(by)
+            .await
     }
 }
