@@ -96,6 +96,19 @@ pub trait Warehouse: KeyStore {
         event_ids: &[String],
     ) -> Result<Vec<String>, StoreError>;
 
+    /// [`Warehouse::stored_event_ids`] for events whose time (`timestamp`) is at or after
+    /// `since`: a backend that cannot look ids up directly (an embedded warehouse opened beside
+    /// the process serving it) scans only the events from `since` on. Polled by `sluice bench
+    /// --verify` for its freshness samples.
+    async fn stored_event_ids_since(
+        &self,
+        source: &str,
+        event_ids: &[String],
+        _since: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.stored_event_ids(source, event_ids).await
+    }
+
     /// Rows in `events` of `source` whose id starts with `prefix`, and how many distinct ids
     /// they have (rows − distinct = duplicates; verification).
     async fn count_by_id_prefix(

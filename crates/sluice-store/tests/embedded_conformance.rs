@@ -245,6 +245,59 @@ async fn a_dedupe_index_ahead_of_the_database_is_rebuilt() {
     assert_eq!(conformance::commit(&wh, &batch("a"), &[]).await.inserted, 0);
 }
 
+/// A warehouse opened shared (beside the serving process, as `sluice bench --verify` opens it)
+/// has no dedupe index: it answers look-ups by id from `events` — with `since`, only from the
+/// events of that time on — and refuses to commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_warehouse_looks_ids_up_in_the_events_and_does_not_commit() {
+    let (dir, wh, _probe) = setup().await;
+    let now = chrono::Utc::now();
+    let old = now - chrono::Duration::hours(2);
+    let events = vec![
+        conformance::event("s1", "old", "A", Some("u"), old),
+        conformance::event("s1", "new", "A", Some("u"), now),
+        conformance::event("s2", "other", "A", Some("u"), now),
+    ];
+    conformance::commit(&wh, &events, &[]).await;
+    let shared = SqliteWarehouse::open(
+        dir.path(),
+        SqliteOptions {
+            exclusive: false,
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .expect("open shared beside the exclusive one");
+    let asked: Vec<String> = ["new", "old", "other", "missing", "new"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let exclusive = wh.stored_event_ids("s1", &asked).await.expect("ids");
+    assert_eq!(exclusive, ["new", "old"]);
+    let scanned = shared.stored_event_ids("s1", &asked).await.expect("ids");
+    assert_eq!(scanned, exclusive, "the same answer without the index");
+    let recent = shared
+        .stored_event_ids_since("s1", &asked, now - chrono::Duration::minutes(1))
+        .await
+        .expect("ids since");
+    assert_eq!(
+        recent,
+        ["new"],
+        "only the events from `since` on are scanned"
+    );
+    match shared
+        .commit_batch(
+            "warehouse",
+            &[conformance::event("s1", "x", "A", None, now)],
+            &[],
+        )
+        .await
+    {
+        Err(StoreError::Other(msg)) => assert!(msg.contains("opened shared"), "{msg}"),
+        other => panic!("a shared warehouse must refuse to commit, got {other:?}"),
+    }
+}
+
 /// The writer never checkpoints (it is the pipeline's serial stage); the checkpoint thread copies
 /// the committed pages from the WAL into the database file while the warehouse stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -748,10 +748,26 @@ impl Warehouse for SqliteWarehouse {
             .await
             .map_err(join_error)?,
             None => {
-                self.read(move |conn| query::scan_event_ids(conn, &source, &event_ids))
+                self.read(move |conn| query::scan_event_ids(conn, &source, &event_ids, None))
                     .await
             }
         }
+    }
+
+    async fn stored_event_ids_since(
+        &self,
+        source: &str,
+        event_ids: &[String],
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        if self.inner.ids.is_some() {
+            return self.stored_event_ids(source, event_ids).await;
+        }
+        let source = source.to_string();
+        let event_ids = event_ids.to_vec();
+        let since = commit::micros(since);
+        self.read(move |conn| query::scan_event_ids(conn, &source, &event_ids, Some(since)))
+            .await
     }
 
     async fn count_by_id_prefix(

@@ -223,19 +223,29 @@ pub(crate) fn stored_event_ids(
 }
 
 /// [`stored_event_ids`] without the index (a warehouse opened shared): one scan of `source`'s
-/// events, so whatever their age.
+/// events (whatever their age), or with `since` (µs) of those with `ts >= since`, through the
+/// `ts` index.
 pub(crate) fn scan_event_ids(
     conn: &Connection,
     source: &str,
     event_ids: &[String],
+    since: Option<i64>,
 ) -> Result<Vec<String>, StoreError> {
     let wanted: HashSet<&str> = event_ids.iter().map(String::as_str).collect();
     let mut found: HashSet<String> = HashSet::new();
     if !wanted.is_empty() {
         let mut stmt = conn
-            .prepare_cached(sql::SCAN_EVENT_IDS)
+            .prepare_cached(if since.is_some() {
+                sql::SCAN_EVENT_IDS_SINCE
+            } else {
+                sql::SCAN_EVENT_IDS
+            })
             .map_err(sqlite_error)?;
-        let mut rows = stmt.query(params![source]).map_err(sqlite_error)?;
+        let mut rows = match since {
+            Some(since) => stmt.query(params![source, since]),
+            None => stmt.query(params![source]),
+        }
+        .map_err(sqlite_error)?;
         while let Some(r) = rows.next().map_err(sqlite_error)? {
             let id = r
                 .get_ref(0)

@@ -218,6 +218,10 @@ pub(crate) const USER_INDEX_SET_THROUGH: &str = "UPDATE user_index_state SET thr
 /// The ids of ?1's events (a scan: a warehouse opened shared has no dedupe index to ask).
 pub(crate) const SCAN_EVENT_IDS: &str = "SELECT event_id FROM events WHERE source = ?1";
 
+/// The ids of ?1's events with `ts >= ?2`.
+pub(crate) const SCAN_EVENT_IDS_SINCE: &str =
+    "SELECT event_id FROM events INDEXED BY events_ts_idx WHERE ts >= ?2 AND source = ?1";
+
 /// Rows and distinct ids of ?1 with ids in `[?2, ?3)`: a scan of `events` (there is no index on
 /// the id, see `0007_no_event_id_index.sql`; this runs once per `sluice bench --verify`).
 pub(crate) const COUNT_ID_RANGE: &str = "

@@ -302,7 +302,7 @@ async fn run_task(
     auth: Arc<String>,
     mut generator: EventGen,
     shared: Arc<Shared>,
-    samples: Option<mpsc::Sender<(String, Instant)>>,
+    samples: Option<mpsc::Sender<verify::Sample>>,
     start: Instant,
     deadline: Instant,
 ) -> TaskResult {
@@ -348,6 +348,8 @@ async fn run_task(
             },
         };
         let first_seq = generator.seq + 1;
+        // The batch's events carry timestamps from now on (the freshness poller's lower bound).
+        let generated_at = chrono::Utc::now();
         let body = generator.body(args.batch_size);
         let t0 = Instant::now();
         result.sent_events += batch;
@@ -362,7 +364,11 @@ async fn run_task(
                 if let Some(samples) = &samples {
                     if result.requests.is_multiple_of(args.sample_every.max(1)) {
                         // Full channel: skip the sample rather than slow the load down.
-                        let _ = samples.try_send((generator.event_id(first_seq), Instant::now()));
+                        let _ = samples.try_send(verify::Sample {
+                            id: generator.event_id(first_seq),
+                            acked_at: Instant::now(),
+                            generated_at,
+                        });
                     }
                 }
                 continue;
@@ -420,7 +426,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let (sample_tx, sample_rx) = mpsc::channel::<(String, Instant)>(100_000);
+    let (sample_tx, sample_rx) = mpsc::channel::<verify::Sample>(100_000);
     let (done_tx, done_rx) = watch::channel(false);
     let freshness = verify.as_ref().map(|(store, source)| {
         tokio::spawn(verify::Freshness::run(

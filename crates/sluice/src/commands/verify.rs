@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use sluice_core::keys::hash_key;
@@ -32,6 +33,14 @@ pub async fn source_of(store: &dyn Warehouse, write_key: &str) -> anyhow::Result
         .context("the write key is not an active key of this warehouse (--store)")
 }
 
+/// One acknowledged event whose arrival in the warehouse is timed.
+pub struct Sample {
+    pub id: String,
+    pub acked_at: Instant,
+    /// Before the event's `timestamp` was written: its stored time is at or after this.
+    pub generated_at: DateTime<Utc>,
+}
+
 /// Polls the warehouse for sampled events until each is visible.
 pub struct Freshness {
     histogram: Histogram<u64>,
@@ -43,13 +52,13 @@ impl Freshness {
     pub async fn run(
         store: Arc<dyn Warehouse>,
         source: String,
-        mut samples: mpsc::Receiver<(String, Instant)>,
+        mut samples: mpsc::Receiver<Sample>,
         mut done: watch::Receiver<bool>,
         timeout: Duration,
     ) -> Freshness {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)
             .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
-        let mut pending: Vec<(String, Instant)> = Vec::new();
+        let mut pending: Vec<Sample> = Vec::new();
         let mut done_at: Option<Instant> = None;
         loop {
             while let Ok(s) = samples.try_recv() {
@@ -63,26 +72,29 @@ impl Freshness {
                     break;
                 }
             }
-            for chunk_start in (0..pending.len()).step_by(2_000) {
-                let chunk_end = (chunk_start + 2_000).min(pending.len());
-                let ids: Vec<String> = pending[chunk_start..chunk_end]
+            for chunk in pending.chunks_mut(2_000) {
+                let ids: Vec<String> = chunk.iter().map(|s| s.id.clone()).collect();
+                // A second of slack: the stored time is the timestamp to the millisecond.
+                let since = chunk
                     .iter()
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                let Ok(found) = store.stored_event_ids(&source, &ids).await else {
+                    .map(|s| s.generated_at)
+                    .min()
+                    .unwrap_or_default()
+                    - chrono::Duration::seconds(1);
+                let Ok(found) = store.stored_event_ids_since(&source, &ids, since).await else {
                     continue;
                 };
                 let now = Instant::now();
                 let found: std::collections::HashSet<String> = found.into_iter().collect();
-                for (id, acked_at) in &mut pending[chunk_start..chunk_end] {
-                    if found.contains(id.as_str()) {
+                for s in chunk.iter_mut() {
+                    if found.contains(s.id.as_str()) {
                         let _ = histogram
-                            .record(now.duration_since(*acked_at).as_millis().max(1) as u64);
-                        id.clear();
+                            .record(now.duration_since(s.acked_at).as_millis().max(1) as u64);
+                        s.id.clear();
                     }
                 }
             }
-            pending.retain(|(id, _)| !id.is_empty());
+            pending.retain(|s| !s.id.is_empty());
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = done.changed(), if done_at.is_none() => {}
