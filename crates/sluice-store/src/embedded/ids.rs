@@ -21,6 +21,10 @@
 //! - an index ahead of the database (`through` past the last rowid: commits lost with
 //!   `synchronous = NORMAL`, a replaced database file) is rebuilt from `events`.
 //!
+//! Caught-up ids are seen at their `received_at`; one recorded before a crash and again while
+//! catching up is forgotten at the earlier of the two (seconds before the window ends, at most
+//! the time between receiving and committing it).
+//!
 //! Keyspaces: `ids` (key → when it was seen, µs), `seen` (seen-at ‖ key → nothing, for pruning
 //! in time order) and `meta` (`through`). A key is the source's length (2 bytes), the source and
 //! the event id.
