@@ -173,17 +173,19 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
     assert_eq!(page, 16384, "a new database has 16 KiB pages");
 }
 
+/// Ten events of "s1" now, with ids `{prefix}-0` … `{prefix}-9`.
+fn batch(prefix: &str) -> Vec<sluice_core::Event> {
+    let t = chrono::Utc::now();
+    (0..10)
+        .map(|i| conformance::event("s1", &format!("{prefix}-{i}"), "A", Some("u"), t))
+        .collect()
+}
+
 /// The dedupe index is derived from `events`: deleted, it is rebuilt at the next open, and a
 /// redelivery still adds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_dedupe_index_is_rebuilt_from_the_events() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let t = chrono::Utc::now();
-    let batch = |prefix: &str| -> Vec<_> {
-        (0..10)
-            .map(|i| conformance::event("s1", &format!("{prefix}-{i}"), "A", Some("u"), t))
-            .collect()
-    };
     let open = || SqliteWarehouse::open(dir.path(), SqliteOptions::default());
     {
         let wh = open().await.expect("open");
@@ -214,12 +216,6 @@ async fn a_missing_dedupe_index_is_rebuilt_from_the_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dedupe_index_ahead_of_the_database_is_rebuilt() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let t = chrono::Utc::now();
-    let batch = |prefix: &str| -> Vec<_> {
-        (0..10)
-            .map(|i| conformance::event("s1", &format!("{prefix}-{i}"), "A", Some("u"), t))
-            .collect()
-    };
     let open = || SqliteWarehouse::open(dir.path(), SqliteOptions::default());
     let db = dir.path().join(sluice_store::embedded::DATABASE_FILE);
     let copy = dir.path().join("older.sqlite3");

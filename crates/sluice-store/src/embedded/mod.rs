@@ -605,12 +605,6 @@ pub(crate) fn sqlite_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Lock a mutex whose holder may have panicked: the data behind it stays consistent (a panic
-/// leaves no half-done write; SQLite rolls back, fjall batches are atomic).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn join_error(e: tokio::task::JoinError) -> StoreError {
     if e.is_cancelled() {
         StoreError::Unavailable("warehouse task cancelled".into())
@@ -663,7 +657,7 @@ impl Warehouse for SqliteWarehouse {
         let known = Arc::clone(&self.inner.known_users);
         let index = self.id_index()?;
         self.write(move |conn| {
-            let mut known = lock(&known);
+            let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
             if index.is_stale() {
                 ids::catch_up(conn, &index, window)?;
             }
