@@ -448,11 +448,15 @@ pub(crate) fn read_event(r: &Row<'_>) -> Result<Event, StoreError> {
     })
 }
 
+/// The start of the dedupe window ending now, in µs.
+pub(crate) fn window_start(window: Duration) -> i64 {
+    let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    micros(Utc::now()).saturating_sub(window_us)
+}
+
 /// Forget one batch of dedupe records older than the window; returns how many.
 pub(crate) fn prune_dedupe(index: &IdIndex, window: Duration) -> Result<usize, StoreError> {
-    let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
-    let cutoff = micros(Utc::now()).saturating_sub(window_us);
-    let n = index.prune(cutoff, sql::PRUNE_BATCH as usize)?;
+    let n = index.prune(window_start(window), sql::PRUNE_BATCH as usize)?;
     if n > 0 {
         tracing::debug!(pruned = n, "pruned dedupe records");
     }

@@ -72,19 +72,19 @@ pub(crate) fn key(source: &str, event_id: &str) -> Vec<u8> {
     k
 }
 
-/// Microseconds as bytes that sort like the numbers (sign bit flipped).
-fn time_bytes(us: i64) -> [u8; 8] {
+/// A number (a time in µs, a rowid) as bytes that sort like the numbers (sign bit flipped).
+fn sortable(us: i64) -> [u8; 8] {
     ((us as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn time_from_bytes(b: &[u8]) -> Option<i64> {
+fn from_sortable(b: &[u8]) -> Option<i64> {
     let b: [u8; 8] = b.get(..8)?.try_into().ok()?;
     Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
 }
 
 fn seen_key(seen_at: i64, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&time_bytes(seen_at));
+    k.extend_from_slice(&sortable(seen_at));
     k.extend_from_slice(key);
     k
 }
@@ -143,12 +143,12 @@ impl IdIndex {
             .meta
             .get(THROUGH)
             .map_err(|e| self.err(&e))?
-            .and_then(|v| time_from_bytes(&v))
+            .and_then(|v| from_sortable(&v))
             .unwrap_or(0))
     }
 
-    /// Record `keys`, seen at `seen_at`, and that rowids up to `through` are covered: one atomic
-    /// batch, handed to the journal but not forced to disk.
+    /// Record `keys`, each with when it was seen, and that rowids up to `through` are covered:
+    /// one atomic batch, handed to the journal, and forced to disk only when `durable`.
     pub(crate) fn record<'a>(
         &self,
         keys: impl Iterator<Item = (&'a [u8], i64)>,
@@ -160,10 +160,10 @@ impl IdIndex {
             .batch()
             .durability(durable.then_some(PersistMode::SyncAll));
         for (k, seen_at) in keys {
-            batch.insert(&self.ids, k, &time_bytes(seen_at)[..]);
+            batch.insert(&self.ids, k, &sortable(seen_at)[..]);
             batch.insert(&self.seen, seen_key(seen_at, k), &[][..]);
         }
-        batch.insert(&self.meta, THROUGH, &time_bytes(through)[..]);
+        batch.insert(&self.meta, THROUGH, &sortable(through)[..]);
         batch.commit().map_err(|e| self.err(&e))
     }
 
@@ -180,7 +180,7 @@ impl IdIndex {
     pub(crate) fn prune(&self, cutoff: i64, limit: usize) -> Result<usize, StoreError> {
         let mut batch = self.db.batch();
         let mut n = 0;
-        for guard in self.seen.range(..time_bytes(cutoff).to_vec()).take(limit) {
+        for guard in self.seen.range(..sortable(cutoff).to_vec()).take(limit) {
             let k = guard.key().map_err(|e| self.err(&e))?;
             batch.remove(&self.ids, k.get(8..).unwrap_or_default());
             batch.remove(&self.seen, k);
@@ -197,13 +197,13 @@ impl IdIndex {
         let mut batch = self.db.batch();
         for guard in self.seen.iter() {
             let k = guard.key().map_err(|e| self.err(&e))?;
-            let (Some(at), Some(id)) = (time_from_bytes(&k), k.get(8..)) else {
+            let (Some(at), Some(id)) = (from_sortable(&k), k.get(8..)) else {
                 continue;
             };
             let older = at.saturating_sub(by);
             batch.remove(&self.seen, k.clone());
             batch.insert(&self.seen, seen_key(older, id), &[][..]);
-            batch.insert(&self.ids, id, &time_bytes(older)[..]);
+            batch.insert(&self.ids, id, &sortable(older)[..]);
         }
         batch.commit().map_err(|e| self.err(&e))
     }
@@ -243,8 +243,7 @@ pub(crate) fn catch_up(
         index.stale.store(false, Ordering::Release);
         return Ok(0);
     }
-    let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
-    let cutoff = super::commit::micros(chrono::Utc::now()).saturating_sub(window_us);
+    let cutoff = super::commit::window_start(window);
     let mut stmt = conn
         .prepare(
             "SELECT source, event_id, received_at FROM events
@@ -319,13 +318,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_sort_as_bytes_like_numbers() {
+    fn numbers_sort_as_bytes_like_numbers() {
         let times = [i64::MIN, -5, -1, 0, 1, 1_700_000_000_000_000, i64::MAX];
         for w in times.windows(2) {
-            assert!(time_bytes(w[0]) < time_bytes(w[1]), "{} < {}", w[0], w[1]);
+            assert!(sortable(w[0]) < sortable(w[1]), "{} < {}", w[0], w[1]);
         }
         for t in times {
-            assert_eq!(time_from_bytes(&time_bytes(t)), Some(t));
+            assert_eq!(from_sortable(&sortable(t)), Some(t));
         }
     }
 
