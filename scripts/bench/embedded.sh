@@ -12,7 +12,7 @@ DUR=${2:-60s}
 shift 2 || shift $#
 PORT=18094
 DATA=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; cp "$DATA"/serve.log /tmp/embedded-serve.log 2>/dev/null; rm -rf "$DATA"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep ${STOP_WAIT:-0}; cp "$DATA"/serve.log /tmp/embedded-serve.log 2>/dev/null; cp "$DATA"/rss /tmp/embedded-rss 2>/dev/null; rm -rf "$DATA"' EXIT
 if curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz"; then
   echo "port $PORT is taken (a serve left from an earlier run?): $(pgrep -fa "serve --listen 127.0.0.1:$PORT" || true)"
   exit 1

@@ -121,8 +121,9 @@ pub(crate) fn commit_batch(
         .collect();
     let mut in_batch: HashSet<&[u8]> = HashSet::with_capacity(rows.len());
     let mut claimed = vec![false; rows.len()];
+    let since = index.window_start();
     for (c, k) in claimed.iter_mut().zip(&keys) {
-        *c = in_batch.insert(k) && !index.contains(k)?;
+        *c = in_batch.insert(k) && !index.contains(k, since)?;
     }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -454,15 +455,6 @@ pub(crate) fn window_start(window: Duration) -> i64 {
     micros(Utc::now()).saturating_sub(window_us)
 }
 
-/// Forget one batch of dedupe records older than the window; returns how many.
-pub(crate) fn prune_dedupe(index: &IdIndex, window: Duration) -> Result<usize, StoreError> {
-    let n = index.prune(window_start(window), sql::PRUNE_BATCH as usize)?;
-    if n > 0 {
-        tracing::debug!(pruned = n, "pruned dedupe records");
-    }
-    Ok(n)
-}
-
 /// Delete one batch of raw events older than `days` (event time) and their `user_index`
 /// entries; returns how many events. Should the batch hold the newest rows, the dedupe index's
 /// `through` is lowered first (SQLite hands their rowids out again).
@@ -589,7 +581,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().expect("open");
         super::super::migrate::migrate(&mut conn).expect("migrate");
         let dir = tempfile::tempdir().expect("temp dir");
-        let index = IdIndex::open(dir.path()).expect("dedupe index");
+        let index = IdIndex::open(dir.path(), Duration::from_secs(3600)).expect("dedupe index");
         let offsets = Offsets::new(&[ShardPosition {
             shard: 0,
             last_id: "1-0".into(),

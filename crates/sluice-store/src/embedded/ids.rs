@@ -21,18 +21,23 @@
 //! - an index ahead of the database (`through` past the last rowid: commits lost with
 //!   `synchronous = NORMAL`, a replaced database file) is rebuilt from `events`.
 //!
+//! The window is kept by time, not by deletes: an id counts as stored only while the time it
+//! was seen is within the window ([`IdIndex::contains`]), so it is forgotten the moment the
+//! window passes it, and a compaction filter drops it from the disk when fjall next rewrites
+//! its table (no pruning scan, no second keyspace in time order, no tombstones written).
 //! Caught-up ids are seen at their `received_at`; one recorded before a crash and again while
 //! catching up is forgotten at the earlier of the two (seconds before the window ends, at most
 //! the time between receiving and committing it).
 //!
-//! Keyspaces: `ids` (key → when it was seen, µs), `seen` (seen-at ‖ key → nothing, for pruning
-//! in time order) and `meta` (`through`). A key is the source's length (2 bytes), the source and
-//! the event id.
+//! Keyspaces: `ids` (key → when it was seen, µs) and `meta` (`through`). A key is the source's
+//! length (2 bytes), the source and the event id.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use fjall::compaction::filter::{self, CompactionFilter, ItemAccessor, Verdict};
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rusqlite::{params, Connection};
@@ -40,8 +45,10 @@ use sluice_core::warehouse::StoreError;
 
 use super::sqlite_error;
 
-/// Memtable per keyspace: ids are ~60 bytes, so 8 MiB holds ~100,000 of them.
-const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Memtable of `ids` (fjall's count: key, value and ~40 bytes per entry; in memory about
+/// twice that): ~4 MiB holds ~40,000 ids. Sealed memtables wait in memory for their flush, at
+/// most four before fjall holds writes back, so this also bounds those.
+const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Block cache (bloom filters and index blocks stay pinned besides).
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Journals kept before the oldest memtables are flushed.
@@ -50,12 +57,17 @@ const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 const CATCH_UP_CHUNK: usize = 10_000;
 
 const THROUGH: &[u8] = b"through";
+/// The keyspace of ids; the compaction filter applies to it alone.
+const IDS: &str = "ids";
+/// A keyspace of earlier versions (ids by time, for pruning), deleted at open.
+const OLD_SEEN: &str = "seen";
 
 pub(crate) struct IdIndex {
     db: Database,
     ids: Keyspace,
-    seen: Keyspace,
     meta: Keyspace,
+    /// How long an id counts as stored.
+    window: Duration,
     dir: PathBuf,
     /// A write failed after its SQLite commit: the index may lack ids until [`catch_up`] runs.
     stale: AtomicBool,
@@ -82,24 +94,66 @@ fn from_sortable(b: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
 }
 
-fn seen_key(seen_at: i64, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&sortable(seen_at));
-    k.extend_from_slice(key);
-    k
+/// Drops the ids seen before the window when a compaction rewrites them.
+struct ForgetExpired {
+    window: Duration,
+}
+
+impl filter::Factory for ForgetExpired {
+    fn name(&self) -> &str {
+        "forget-expired-ids"
+    }
+
+    fn make_filter(&self, _: &filter::Context) -> Box<dyn CompactionFilter> {
+        Box::new(Expired {
+            before: super::commit::window_start(self.window),
+        })
+    }
+}
+
+struct Expired {
+    before: i64,
+}
+
+impl CompactionFilter for Expired {
+    fn filter_item(
+        &mut self,
+        item: ItemAccessor<'_>,
+        ctx: &filter::Context,
+    ) -> filter::CompactionFilterResult {
+        let seen_at = from_sortable(&item.value()?).unwrap_or(i64::MIN);
+        Ok(if seen_at >= self.before {
+            Verdict::Keep
+        } else if ctx.is_last_level {
+            // Nothing older lies below to come back: no tombstone needed.
+            Verdict::Destroy
+        } else {
+            Verdict::Remove
+        })
+    }
 }
 
 impl IdIndex {
-    /// Open (or create) the index in `dir`.
-    pub(crate) fn open(dir: &Path) -> Result<IdIndex, StoreError> {
+    /// Open (or create) the index in `dir`; compactions forget the ids seen before `window`.
+    pub(crate) fn open(dir: &Path, window: Duration) -> Result<IdIndex, StoreError> {
         let err = |e: fjall::Error| index_error(dir, &e);
+        let forget: Arc<dyn filter::Factory> = Arc::new(ForgetExpired { window });
         // One background worker, as the embedded log has (more spin on 2 cores in fjall 3.1).
         let db = Database::builder(dir)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(MAX_JOURNALING_BYTES)
             .worker_threads(1)
+            .with_compaction_filter_factories(Arc::new(move |name: &str| {
+                (name == IDS).then(|| Arc::clone(&forget))
+            }))
             .open()
             .map_err(err)?;
+        if db.keyspace_exists(OLD_SEEN) {
+            let old = db
+                .keyspace(OLD_SEEN, KeyspaceCreateOptions::default)
+                .map_err(err)?;
+            db.delete_keyspace(old).map_err(err)?;
+        }
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default()
@@ -109,12 +163,12 @@ impl IdIndex {
             })
             .map_err(err)
         };
-        let (ids, seen, meta) = (ks("ids")?, ks("seen")?, ks("meta")?);
+        let (ids, meta) = (ks(IDS)?, ks("meta")?);
         Ok(IdIndex {
             db,
             ids,
-            seen,
             meta,
+            window,
             dir: dir.to_path_buf(),
             stale: AtomicBool::new(false),
         })
@@ -133,8 +187,18 @@ impl IdIndex {
         index_error(&self.dir, e)
     }
 
-    pub(crate) fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
-        self.ids.contains_key(key).map_err(|e| self.err(&e))
+    /// The start of the dedupe window now, in µs: ids seen before it are forgotten.
+    pub(crate) fn window_start(&self) -> i64 {
+        super::commit::window_start(self.window)
+    }
+
+    /// Whether `key` was stored at or after `since` ([`IdIndex::window_start`], taken once per
+    /// batch of look-ups).
+    pub(crate) fn contains(&self, key: &[u8], since: i64) -> Result<bool, StoreError> {
+        let seen_at = self.ids.get(key).map_err(|e| self.err(&e))?;
+        Ok(seen_at
+            .and_then(|v| from_sortable(&v))
+            .is_some_and(|at| at >= since))
     }
 
     /// The largest events rowid whose event ids are all recorded (0: none).
@@ -161,7 +225,6 @@ impl IdIndex {
             .durability(durable.then_some(PersistMode::SyncAll));
         for (k, seen_at) in keys {
             batch.insert(&self.ids, k, &sortable(seen_at)[..]);
-            batch.insert(&self.seen, seen_key(seen_at, k), &[][..]);
         }
         batch.insert(&self.meta, THROUGH, &sortable(through)[..]);
         batch.commit().map_err(|e| self.err(&e))
@@ -176,40 +239,22 @@ impl IdIndex {
         Ok(())
     }
 
-    /// Forget up to `limit` ids seen before `cutoff` (µs); returns how many.
-    pub(crate) fn prune(&self, cutoff: i64, limit: usize) -> Result<usize, StoreError> {
-        let mut batch = self.db.batch();
-        let mut n = 0;
-        for guard in self.seen.range(..sortable(cutoff).to_vec()).take(limit) {
-            let k = guard.key().map_err(|e| self.err(&e))?;
-            batch.remove(&self.ids, k.get(8..).unwrap_or_default());
-            batch.remove(&self.seen, k);
-            n += 1;
-        }
-        batch.commit().map_err(|e| self.err(&e))?;
-        Ok(n)
-    }
-
     /// Make every record look `by` older (tests of the dedupe window).
     #[cfg(feature = "testing")]
     pub(crate) fn age(&self, by: Duration) -> Result<(), StoreError> {
         let by = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
         let mut batch = self.db.batch();
-        for guard in self.seen.iter() {
-            let k = guard.key().map_err(|e| self.err(&e))?;
-            let (Some(at), Some(id)) = (from_sortable(&k), k.get(8..)) else {
-                continue;
-            };
-            let older = at.saturating_sub(by);
-            batch.remove(&self.seen, k.clone());
-            batch.insert(&self.seen, seen_key(older, id), &[][..]);
-            batch.insert(&self.ids, id, &sortable(older)[..]);
+        for guard in self.ids.iter() {
+            let (k, v) = guard.into_inner().map_err(|e| self.err(&e))?;
+            if let Some(at) = from_sortable(&v) {
+                batch.insert(&self.ids, k, &sortable(at.saturating_sub(by))[..]);
+            }
         }
         batch.commit().map_err(|e| self.err(&e))
     }
 
     fn clear(&self) -> Result<(), StoreError> {
-        for ks in [&self.ids, &self.seen, &self.meta] {
+        for ks in [&self.ids, &self.meta] {
             ks.clear().map_err(|e| self.err(&e))?;
         }
         Ok(())
@@ -219,11 +264,7 @@ impl IdIndex {
 /// Bring the index up to date with `events`: record the ids of the rows after `through` that
 /// are within the dedupe window (seen at their `received_at`), then `through` = the last rowid,
 /// durably. An index ahead of the database is rebuilt. Returns the rows recorded.
-pub(crate) fn catch_up(
-    conn: &Connection,
-    index: &IdIndex,
-    window: Duration,
-) -> Result<u64, StoreError> {
+pub(crate) fn catch_up(conn: &Connection, index: &IdIndex) -> Result<u64, StoreError> {
     let last: i64 = conn
         .query_row("SELECT coalesce(max(rowid), 0) FROM events", [], |r| {
             r.get(0)
@@ -243,7 +284,7 @@ pub(crate) fn catch_up(
         index.stale.store(false, Ordering::Release);
         return Ok(0);
     }
-    let cutoff = super::commit::window_start(window);
+    let cutoff = index.window_start();
     let mut stmt = conn
         .prepare(
             "SELECT source, event_id, received_at FROM events
@@ -332,5 +373,98 @@ mod tests {
     fn keys_keep_source_and_id_apart() {
         assert_ne!(key("ab", "c"), key("a", "bc"));
         assert_eq!(key("s", "id"), b"\x00\x01sid".to_vec());
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn now_us() -> i64 {
+        super::super::commit::micros(chrono::Utc::now())
+    }
+
+    #[test]
+    fn ids_count_as_stored_only_within_the_window() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = IdIndex::open(dir.path(), HOUR).expect("open");
+        let now = now_us();
+        let (old, young) = (key("s", "old"), key("s", "young"));
+        let old_seen = now - 2 * 3_600_000_000;
+        index
+            .record(
+                [(&old[..], old_seen), (&young[..], now)].into_iter(),
+                2,
+                false,
+            )
+            .expect("record");
+        let since = index.window_start();
+        assert!(index.contains(&young, since).expect("look up"));
+        assert!(
+            !index.contains(&old, since).expect("look up"),
+            "seen 2 h ago, window 1 h"
+        );
+        assert!(
+            index.contains(&old, old_seen).expect("look up"),
+            "within a longer window"
+        );
+        assert!(!index
+            .contains(&key("s", "never"), i64::MIN)
+            .expect("look up"));
+    }
+
+    #[test]
+    fn compactions_drop_the_ids_past_the_window_and_keep_the_others() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = IdIndex::open(dir.path(), HOUR).expect("open");
+        let now = now_us();
+        let keys: Vec<Vec<u8>> = (0..2_000).map(|i| key("s", &format!("id-{i}"))).collect();
+        // Even ids were seen two hours ago, odd ones now.
+        let seen = |i: usize| {
+            if i % 2 == 0 {
+                now - 2 * 3_600_000_000
+            } else {
+                now
+            }
+        };
+        index
+            .record(
+                keys.iter().enumerate().map(|(i, k)| (&k[..], seen(i))),
+                2_000,
+                false,
+            )
+            .expect("record");
+        index.ids.rotate_memtable_and_wait().expect("flush");
+        assert_eq!(
+            index.ids.len().expect("count"),
+            2_000,
+            "a flush filters nothing"
+        );
+        index.ids.major_compact().expect("compact");
+        assert_eq!(index.ids.len().expect("count"), 1_000);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(
+                index.ids.get(k).expect("get").is_some(),
+                i % 2 == 1,
+                "id {i}"
+            );
+        }
+        assert_eq!(
+            index.through().expect("through"),
+            2_000,
+            "meta is not filtered"
+        );
+    }
+
+    #[test]
+    fn a_time_ordered_keyspace_of_an_earlier_version_is_deleted_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let db = Database::builder(dir.path()).open().expect("open");
+            let old = db
+                .keyspace(OLD_SEEN, KeyspaceCreateOptions::default)
+                .expect("keyspace");
+            old.insert(b"x", b"").expect("insert");
+        }
+        let index = IdIndex::open(dir.path(), HOUR).expect("open");
+        assert!(!index.db.keyspace_exists(OLD_SEEN));
+        assert!(index.db.keyspace_exists(IDS));
     }
 }

@@ -359,8 +359,8 @@ fn open_blocking(path: &Path, opts: SqliteOptions) -> Result<SqliteWarehouse, St
     let mut writer = open_connection(&layout.db, &opts, Role::Writer)?;
     migrate::migrate(&mut writer)?;
     let ids = if opts.exclusive {
-        let index = ids::IdIndex::open(&layout.ids)?;
-        ids::catch_up(&writer, &index, opts.dedupe_window)?;
+        let index = ids::IdIndex::open(&layout.ids, opts.dedupe_window)?;
+        ids::catch_up(&writer, &index)?;
         Some(Arc::new(index))
     } else {
         None
@@ -653,13 +653,12 @@ impl Warehouse for SqliteWarehouse {
         let rows: Vec<commit::EventRow> = events.iter().map(commit::EventRow::new).collect();
         let group = group.to_string();
         let lag = self.inner.opts.user_index_lag_rows;
-        let window = self.inner.opts.dedupe_window;
         let known = Arc::clone(&self.inner.known_users);
         let index = self.id_index()?;
         self.write(move |conn| {
             let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
             if index.is_stale() {
-                ids::catch_up(conn, &index, window)?;
+                ids::catch_up(conn, &index)?;
             }
             let outcome = commit::commit_batch(conn, &group, &rows, &offsets, &mut known, &index)?;
             // The batch is committed; a failed index pass only leaves a longer tail to scan.
@@ -677,20 +676,12 @@ impl Warehouse for SqliteWarehouse {
     }
 
     async fn maintain(&self) -> Result<(), StoreError> {
-        let window = self.inner.opts.dedupe_window;
+        // The dedupe index forgets by itself (`ids.rs`): ids past the window no longer count,
+        // and compactions drop them.
         let retention = self.inner.opts.retention_days;
         let index = self.id_index()?;
         // Each batch is its own short transaction; the writer lock is released in between so
         // commits are not held up behind a long prune.
-        loop {
-            let index = Arc::clone(&index);
-            let n = self
-                .write(move |_| commit::prune_dedupe(&index, window))
-                .await?;
-            if n < sql::PRUNE_BATCH as usize {
-                break;
-            }
-        }
         if let Some(days) = retention {
             loop {
                 let index = Arc::clone(&index);

@@ -214,8 +214,9 @@ pub(crate) fn stored_event_ids(
 ) -> Result<Vec<String>, StoreError> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
+    let since = index.window_start();
     for id in event_ids {
-        if seen.insert(id.as_str()) && index.contains(&ids::key(source, id))? {
+        if seen.insert(id.as_str()) && index.contains(&ids::key(source, id), since)? {
             out.push(id.clone());
         }
     }
