@@ -4,12 +4,15 @@ use std::process::ExitCode;
 
 use sluice::commands;
 
-// JSON parsing and building allocate many small objects per event; mimalloc handles that
-// pattern markedly better than the system allocator. Its 2.x line (feature `v2`): mimalloc 3
-// keeps freed pages for 1 s before returning them (`purge_delay`), 2.x for 10 ms — under a steady
-// stream of batches that second was ~80 MB of `serve`'s RSS at 50,000 events/s, for no CPU saved.
+// JSON parsing and building allocate many small objects per event, and batches of thousands
+// of events come and go beside long-lived windows and memtables. jemalloc, measured against
+// mimalloc 2.x (which had replaced the system allocator, 15–30 % slower) in `sluice serve` at
+// 50,000 events/s: ~8 % less CPU per event and 30–90 MB less RSS (docs/benchmarks.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// Its settings (freed pages returned after 0.5 s, by a background thread) are compiled in from
+// `.cargo/config.toml`; `_RJEM_MALLOC_CONF` in the environment overrides them.
 
 use clap::{Parser, Subcommand};
 
