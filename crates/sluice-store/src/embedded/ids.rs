@@ -418,7 +418,7 @@ mod tests {
         let keys: Vec<Vec<u8>> = (0..2_000).map(|i| key("s", &format!("id-{i}"))).collect();
         // Even ids were seen two hours ago, odd ones now.
         let seen = |i: usize| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 now - 2 * 3_600_000_000
             } else {
                 now
