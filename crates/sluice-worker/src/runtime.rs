@@ -659,6 +659,11 @@ impl Reader {
                         if !claimed.is_empty() {
                             tracing::info!(group = %self.group, count = claimed.len(), "claimed idle entries of another consumer");
                         }
+                        // A full batch: a dead consumer left more; take them over without waiting
+                        // `claim_every` per batch (a crashed worker can leave many batches).
+                        if claimed.len() >= self.config.batch_size {
+                            next_claim = now;
+                        }
                     })
             } else {
                 self.fill().await

@@ -303,6 +303,38 @@ async fn redelivery_of_a_committed_batch_adds_nothing() {
     env.assert_exact(5_000).await;
 }
 
+/// A consumer that died with many batches pending has them taken over one full batch after
+/// another, not one batch per `claim_every`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_consumers_batches_are_claimed_back_to_back() {
+    let env = Env::new().await;
+    env.append(&events("takeover", 5_000, 20, 5)).await;
+    // The first consumer commits everything, but every ack is lost: 5 batches stay pending.
+    let (stop, handle) = run_worker(
+        Arc::new(LosesAcks(env.log.clone())),
+        env.store.clone(),
+        "dead",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.probe.events_count(SOURCE).await.expect("count") < 5_000 {
+        assert!(Instant::now() < deadline, "first run did not commit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    handle.await.expect("join");
+
+    // Another consumer claims every 10 s: one batch per claim would take 50 s.
+    let mut config = consumer("heir");
+    config.claim_idle = Duration::from_millis(100);
+    config.claim_every = Duration::from_secs(10);
+    let (stop, handle) = common::spawn_warehouse_worker(env.log.clone(), env.store.clone(), config);
+    // The first claim comes after 10 s; the other four follow at once.
+    env.wait_drained(5_000, Duration::from_secs(25)).await;
+    let _ = stop.send(());
+    handle.await.expect("join");
+    env.assert_exact(5_000).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_worker_binary_repeatedly() {
     let env = Env::new().await;
