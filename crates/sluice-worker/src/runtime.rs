@@ -12,7 +12,9 @@
 //! transaction).
 //!
 //! At start a consumer first finishes its own pending entries (a restart with the same consumer
-//! name resumes at once); entries of dead consumers are claimed once idle for `claim_idle`.
+//! name resumes at once); entries of dead consumers are claimed once idle for `claim_idle`,
+//! looked for every `claim_every` — and again at once while claims come back full, so a crashed
+//! consumer's many read-ahead batches are taken over back to back.
 //! A batch the processor rejects as invalid (not a transient failure) is split in halves until
 //! the offending entries are isolated and dead-lettered, so one bad event never stops the rest.
 //!
