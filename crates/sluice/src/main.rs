@@ -7,7 +7,7 @@ use sluice::commands;
 // JSON parsing and building allocate many small objects per event, and batches of thousands
 // of events come and go beside long-lived windows and memtables. jemalloc, measured against
 // mimalloc 2.x (which had replaced the system allocator, 15–30 % slower) in `sluice serve` at
-// 50,000 events/s: ~8 % less CPU per event and 30–90 MB less RSS (docs/benchmarks.md).
+// 50,000 events/s: ~8 % less CPU per event and a lower RSS (docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -251,23 +251,32 @@ impl EventLog for LosesAcks {
     }
 }
 
+/// Run consumer `name` over a log whose acks are all lost until `n` events are stored, then
+/// stop it: everything it read stays pending for it.
+async fn commit_losing_acks(env: &Env, name: &str, n: i64) {
+    let (stop, handle) = run_worker(
+        Arc::new(LosesAcks(env.log.clone())),
+        env.store.clone(),
+        name,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.probe.events_count(SOURCE).await.expect("count") < n {
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not commit {n} events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    handle.await.expect("join");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivery_of_a_committed_batch_adds_nothing() {
     let env = Env::new().await;
     env.append(&events("redeliver", 5_000, 20, 2)).await;
     // First run commits everything but every ack is lost.
-    let (stop, handle) = run_worker(
-        Arc::new(LosesAcks(env.log.clone())),
-        env.store.clone(),
-        "w1",
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.probe.events_count(SOURCE).await.expect("count") < 5_000 {
-        assert!(Instant::now() < deadline, "first run did not commit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop.send(());
-    handle.await.expect("join");
+    commit_losing_acks(&env, "w1", 5_000).await;
     let pending: u64 = env
         .log
         .lag()
@@ -310,18 +319,7 @@ async fn a_dead_consumers_batches_are_claimed_back_to_back() {
     let env = Env::new().await;
     env.append(&events("takeover", 5_000, 20, 5)).await;
     // The first consumer commits everything, but every ack is lost: 5 batches stay pending.
-    let (stop, handle) = run_worker(
-        Arc::new(LosesAcks(env.log.clone())),
-        env.store.clone(),
-        "dead",
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.probe.events_count(SOURCE).await.expect("count") < 5_000 {
-        assert!(Instant::now() < deadline, "first run did not commit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop.send(());
-    handle.await.expect("join");
+    commit_losing_acks(&env, "dead", 5_000).await;
 
     // Another consumer claims every 10 s: one batch per claim would take 50 s.
     let mut config = consumer("heir");

@@ -24,7 +24,7 @@
 //! The window is kept by time, not by deletes: an id counts as stored only while the time it
 //! was seen is within the window ([`IdIndex::contains`]), so it is forgotten the moment the
 //! window passes it, and a compaction filter drops it from the disk when fjall next rewrites
-//! its table (no pruning scan, no second keyspace in time order, no tombstones written).
+//! its table (no pruning scan, no second keyspace in time order, no deletes of ours).
 //! Caught-up ids are seen at their `received_at`; one recorded before a crash and again while
 //! catching up is forgotten at the earlier of the two (seconds before the window ends, at most
 //! the time between receiving and committing it).
