@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Sets up what the tests need on a fresh Debian machine first:
-# Redis and PostgreSQL (installed with apt-get if missing, started if stopped, PostgreSQL opened
-# to trust auth on 127.0.0.1 for the `postgres` user if it refuses us), Chromium and promtool
-# (Debian packages `chromium`, `prometheus`), a Python venv with the
+# C build tools, Redis and PostgreSQL (installed with apt-get if missing, started if stopped,
+# PostgreSQL opened to trust auth on 127.0.0.1 for the `postgres` user if it refuses us),
+# Chromium and promtool (Debian packages `chromium`, `prometheus`), a Python venv with the
 # official Segment SDK. Then: format check, clippy, all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ apt_install() {
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
+
+# --- C build tools (SQLite and jemalloc are compiled from source) --------------------------------
+command -v cc >/dev/null && command -v make >/dev/null || apt_install build-essential
 
 # --- Redis -------------------------------------------------------------------------------------
 command -v redis-server >/dev/null || apt_install redis-server
