@@ -11,8 +11,8 @@ use sluice::commands;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-// Its settings (freed pages returned after 0.5 s, by a background thread) are compiled in from
-// `.cargo/config.toml`; `_RJEM_MALLOC_CONF` in the environment overrides them.
+// Its settings (freed pages returned after 0.5 s by a background thread, one arena per CPU) are
+// compiled in from `.cargo/config.toml`; `_RJEM_MALLOC_CONF` in the environment overrides them.
 
 use clap::{Parser, Subcommand};
 
