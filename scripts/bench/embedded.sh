@@ -5,7 +5,7 @@
 # B=BINARY runs another build (serve and bench); BENCH=BINARY another build's load generator.
 # Keeps the RSS samples (every 0.5 s, MB) in /tmp/embedded-rss and serve's log in
 # /tmp/embedded-serve.log; STOP_WAIT=SECONDS waits that long after stopping serve before copying
-# its log (for what it prints at exit, e.g. MIMALLOC_SHOW_STATS or jemalloc's profile dumps).
+# its log (for what it prints at exit, e.g. with _RJEM_MALLOC_CONF=stats_print:true).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${B:-target/release/sluice}
