@@ -43,7 +43,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rusqlite::{params, Connection};
 use sluice_core::warehouse::StoreError;
 
-use super::sqlite_error;
+use super::{sql, sqlite_error};
 
 /// Memtable of `ids` (fjall's count: key, value and ~40 bytes per entry; in memory about
 /// twice that): ~4 MiB holds ~40,000 ids. Sealed memtables wait in memory for their flush, at
@@ -266,9 +266,7 @@ impl IdIndex {
 /// durably. An index ahead of the database is rebuilt. Returns the rows recorded.
 pub(crate) fn catch_up(conn: &Connection, index: &IdIndex) -> Result<u64, StoreError> {
     let last: i64 = conn
-        .query_row("SELECT coalesce(max(rowid), 0) FROM events", [], |r| {
-            r.get(0)
-        })
+        .query_row(sql::LAST_EVENT_ROWID, [], |r| r.get(0))
         .map_err(sqlite_error)?;
     let mut through = index.through()?;
     if through > last {
@@ -286,10 +284,7 @@ pub(crate) fn catch_up(conn: &Connection, index: &IdIndex) -> Result<u64, StoreE
     }
     let cutoff = index.window_start();
     let mut stmt = conn
-        .prepare(
-            "SELECT source, event_id, received_at FROM events
-             WHERE rowid > ?1 AND rowid <= ?2 AND received_at >= ?3",
-        )
+        .prepare(sql::EVENT_IDS_BETWEEN_ROWIDS)
         .map_err(sqlite_error)?;
     let mut rows = stmt
         .query(params![through, last, cutoff])

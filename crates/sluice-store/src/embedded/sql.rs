@@ -233,6 +233,17 @@ pub(crate) const COUNT_ID_FROM: &str = "
 SELECT count(*), count(DISTINCT event_id) FROM events
 WHERE source = ?1 AND event_id >= ?2";
 
+// --- the dedupe index (`ids.rs`) --------------------------------------------------------------
+
+/// The largest rowid of `events` (0: none): how far the dedupe index must cover.
+pub(crate) const LAST_EVENT_ROWID: &str = "SELECT coalesce(max(rowid), 0) FROM events";
+
+/// The ids of the events with rowids in `(?1, ?2]` received at or after ?3 (catching the
+/// dedupe index up).
+pub(crate) const EVENT_IDS_BETWEEN_ROWIDS: &str = "
+SELECT source, event_id, received_at FROM events
+WHERE rowid > ?1 AND rowid <= ?2 AND received_at >= ?3";
+
 // --- maintenance ------------------------------------------------------------------------------
 
 /// Retention, one small batch per transaction: the rowids of up to ?2 events older than ?1 go
