@@ -530,6 +530,8 @@ async fn trimming_keeps_what_a_slow_group_has_not_processed() {
 struct GatedProcessor {
     gate: tokio::sync::watch::Receiver<bool>,
     decoded: tokio::sync::watch::Sender<usize>,
+    /// Commits begun (held at the gate or past it).
+    entered: tokio::sync::watch::Sender<usize>,
     commits: std::sync::Mutex<Vec<Vec<u64>>>,
 }
 
@@ -556,6 +558,7 @@ impl sluice_worker::Processor for GatedProcessor {
         _positions: &[sluice_core::warehouse::ShardPosition],
         _stats: &sluice_worker::WorkerStats,
     ) -> Result<(), sluice_worker::ProcessError> {
+        self.entered.send_modify(|n| *n += 1);
         let _ = self.gate.clone().wait_for(|open| *open).await;
         self.commits.lock().expect("commits").push(items.to_vec());
         Ok(())
@@ -576,22 +579,32 @@ async fn batches_queued_behind_a_slow_commit_are_committed_together() {
             .expect("open log"),
     );
     let total = 2_000u64;
-    log.append(
-        (0..total)
-            .map(|i| Record {
-                shard: 0,
-                payload: Bytes::from(i.to_string()),
-            })
-            .collect(),
-    )
-    .await
-    .expect("append");
+    let append = |range: std::ops::Range<u64>| {
+        let log = log.clone();
+        async move {
+            log.append(
+                range
+                    .map(|i| Record {
+                        shard: 0,
+                        payload: Bytes::from(i.to_string()),
+                    })
+                    .collect(),
+            )
+            .await
+            .expect("append");
+        }
+    };
+    // One batch first: the first commit cannot take more than it, however the tasks are
+    // scheduled.
+    append(0..100).await;
 
     let (open, gate) = tokio::sync::watch::channel(false);
     let (decoded, mut decoded_rx) = tokio::sync::watch::channel(0usize);
+    let (entered, mut entered_rx) = tokio::sync::watch::channel(0usize);
     let processor = Arc::new(GatedProcessor {
         gate,
         decoded,
+        entered,
         commits: std::sync::Mutex::new(Vec::new()),
     });
     let mut config = consumer("gated-1");
@@ -604,8 +617,13 @@ async fn batches_queued_behind_a_slow_commit_are_committed_together() {
         let _ = stopped.await;
     }));
 
-    // The first batch is held in its commit; once four batches are decoded, the second and
-    // third at least are queued behind it.
+    // The first batch is held in its commit; the rest arrive, and once four batches are
+    // decoded, the second and third at least are queued behind it.
+    tokio::time::timeout(Duration::from_secs(20), entered_rx.wait_for(|n| *n >= 1))
+        .await
+        .expect("the first commit began within 20 s")
+        .expect("commit counter");
+    append(100..total).await;
     tokio::time::timeout(Duration::from_secs(20), decoded_rx.wait_for(|n| *n >= 400))
         .await
         .expect("four batches decoded within 20 s")
