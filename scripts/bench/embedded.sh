@@ -3,9 +3,9 @@
 # fresh data directory, `sluice bench --verify` at a target rate, serve's RSS sampled.
 # Usage: scripts/bench/embedded.sh RATE [DURATION] [extra serve flags...]
 # B=BINARY runs another build (serve and bench); BENCH=BINARY another build's load generator.
-# Keeps the RSS samples (every 0.5 s, MB) in /tmp/embedded-rss and serve's log in
+# Keeps the RSS samples (every 0.5 s, MB: total, anonymous, file-backed) in /tmp/embedded-rss and serve's log in
 # /tmp/embedded-serve.log; STOP_WAIT=SECONDS waits that long after stopping serve before copying
-# its log (for what it prints at exit, e.g. with _RJEM_MALLOC_CONF=stats_print:true).
+# its log (for what it prints at exit, e.g. with MALLOC_CONF=stats_print:true).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${B:-target/release/sluice}
@@ -33,8 +33,8 @@ cpu() { awk '{print $14+$15}' /proc/$1/stat; }  # utime+stime, clock ticks
 TCK=$(getconf CLK_TCK)
 cpu0=$(cpu $SERVE)
 ( while kill -0 $SERVE 2>/dev/null; do
-    r=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$SERVE/status 2>/dev/null || echo 0)
-    echo "$r"; sleep 0.5
+    awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%d ", $2/1024} END {print ""}' /proc/$SERVE/status 2>/dev/null
+    sleep 0.5
   done ) > "$DATA/rss" &
 /usr/bin/time -f "bench CPU: %U s user + %S s system" -o "$DATA/bench.time" \
   $BENCH bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
@@ -44,4 +44,4 @@ landed=$(grep -oE '"landed": [0-9]+' "$DATA/bench.json" | grep -oE '[0-9]+$')
 cat "$DATA/bench.time"
 echo "serve CPU: $(( (cpu1 - cpu0) / TCK )) s, $(( (cpu1 - cpu0) * 1000000 / TCK / (landed > 0 ? landed : 1) )) µs per landed event"
 grep -E "^(Rss|Anonymous|AnonHugePages|Shared_Clean|Private_Clean)" /proc/$SERVE/smaps_rollup | tr -s ' ' | paste -sd' '
-echo "serve RSS peak: $(sort -n "$DATA/rss" | tail -1) MB, last: $(tail -1 "$DATA/rss") MB"
+echo "serve RSS peak: $(sort -n "$DATA/rss" | tail -1 | cut -d' ' -f1) MB, last: $(tail -1 "$DATA/rss" | cut -d' ' -f1) MB (anon peak $(sort -n -k2 "$DATA/rss" | tail -1 | cut -d' ' -f2) MB, file peak $(sort -n -k3 "$DATA/rss" | tail -1 | cut -d' ' -f3) MB)"
