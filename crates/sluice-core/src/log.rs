@@ -209,6 +209,8 @@ pub trait EventLog: Send + Sync + 'static {
 /// Where [`EventLog::read_range`] starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeStart<'a> {
+    /// At this id (inclusive).
+    At(&'a str),
     /// After this id (exclusive).
     After(&'a str),
     /// At the first entry appended at or after this wall-clock time, in milliseconds since the

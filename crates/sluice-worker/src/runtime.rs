@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sluice_core::log::{Entry, EventLog, LogError, StartFrom};
+use bytes::Bytes;
+use sluice_core::log::{Entry, EventLog, LogError, RangeStart, StartFrom};
 use sluice_core::metrics as names;
 use sluice_core::warehouse::{ShardPosition, Warehouse};
 use tokio::sync::{mpsc, watch};
@@ -455,6 +456,38 @@ impl<P: Processor> Worker<P> {
         .await
     }
 
+    /// The entry with its payload read again from the log (decoding let go of it), for its
+    /// dead letter. Retries transient errors; None when shutdown interrupted it. An entry no
+    /// longer in the log (trimmed by a foreign producer's length cap) keeps an empty payload.
+    async fn with_payload(&self, entry: &Entry, stop: &watch::Receiver<bool>) -> Option<Entry> {
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        loop {
+            match self
+                .log
+                .read_range(entry.shard, RangeStart::At(&entry.id), &entry.id, 1)
+                .await
+            {
+                Ok(found) => {
+                    let payload = found
+                        .into_iter()
+                        .find(|e| e.id == entry.id)
+                        .map(|e| e.payload)
+                        .unwrap_or_default();
+                    return Some(Entry {
+                        payload,
+                        ..entry.clone()
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(id = %entry.id, error = %e, "reading a rejected entry failed; retrying");
+                    if backoff.wait(stop).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Commit a batch (retrying transient failures, isolating rejected entries) and ack it.
     /// Returns false when shutdown interrupted it (the batch stays pending).
     async fn commit_and_ack(
@@ -504,10 +537,10 @@ impl<P: Processor> Worker<P> {
                 }
                 Err(ProcessError::Rejected(reason)) if hi - lo == 1 => {
                     tracing::warn!(%group, id = %batch.entries[lo].id, %reason, "entry rejected; dead-lettering it");
-                    dead.push((
-                        batch.entries[lo].clone(),
-                        format!("rejected by {group}: {reason}"),
-                    ));
+                    let Some(entry) = self.with_payload(&batch.entries[lo], stop).await else {
+                        return false;
+                    };
+                    dead.push((entry, format!("rejected by {group}: {reason}")));
                 }
                 Err(ProcessError::Rejected(reason)) => {
                     tracing::warn!(%group, size = hi - lo, %reason, "batch rejected; splitting it to isolate the cause");
@@ -582,7 +615,7 @@ async fn decode_batch<P: Processor>(
         items: Vec::with_capacity(entries.len()),
     };
     let mut poison: Vec<(Entry, String)> = Vec::new();
-    for entry in entries {
+    for mut entry in entries {
         if entry.deliveries > max_deliveries {
             let reason = format!(
                 "delivered {} times to group {group} without being processed",
@@ -598,6 +631,11 @@ async fn decode_batch<P: Processor>(
         match processor.decode(&entry.payload) {
             Ok(item) => {
                 batch.items.push(item);
+                // The payload is not needed past decoding (a rejected entry's is read again for
+                // its dead letter): letting go of it here halves what a batch in flight holds —
+                // the embedded log's payloads are its memtables' own buffers, kept alive by any
+                // reference.
+                entry.payload = Bytes::new();
                 batch.entries.push(entry);
             }
             Err(e) => poison.push((entry, format!("payload is not a valid sluice event: {e}"))),

@@ -414,6 +414,7 @@ impl EventLog for EmbeddedLog {
             )));
         }
         let from = match start {
+            RangeStart::At(id) => parse_id(id)?,
             RangeStart::After(id) => parse_id(id)?.successor(),
             RangeStart::AppendedSinceMs(ms) => Id { ms, seq: 0 },
         };

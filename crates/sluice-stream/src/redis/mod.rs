@@ -897,8 +897,10 @@ impl EventLog for RedisLog {
         if count == 0 {
             return Ok(Vec::new());
         }
-        // XRANGE bounds: `(id` is exclusive (Redis >= 6.2); `ms` alone means `ms-0`.
+        // XRANGE bounds: `id` is inclusive, `(id` exclusive (Redis >= 6.2); `ms` alone means
+        // `ms-0`.
         let from = match start {
+            RangeStart::At(id) => id.to_owned(),
             RangeStart::After(id) => format!("({id}"),
             RangeStart::AppendedSinceMs(ms) => format!("{ms}-0"),
         };

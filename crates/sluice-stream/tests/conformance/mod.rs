@@ -797,6 +797,28 @@ pub async fn read_range_pages_one_shard_without_a_group(log: &dyn EventLog) {
         "in order, through inclusive"
     );
 
+    // One entry by its id (how a worker fetches a rejected entry's payload again): `At` is
+    // inclusive, and a start past `through` is empty.
+    let one = log
+        .read_range(0, RangeStart::At(&shard0[7].id), &shard0[7].id, 1)
+        .await
+        .expect("range at");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].id, shard0[7].id);
+    assert_eq!(one[0].payload, shard0[7].payload);
+    let two = log
+        .read_range(0, RangeStart::At(&shard0[7].id), &shard0[8].id, 10)
+        .await
+        .expect("range at");
+    assert_eq!(
+        two.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        [shard0[7].id.as_str(), shard0[8].id.as_str()]
+    );
+    let past = log
+        .read_range(0, RangeStart::At(&shard0[8].id), &shard0[7].id, 10)
+        .await;
+    assert!(past.map(|v| v.is_empty()).unwrap_or(true));
+
     // A start after every entry: nothing.
     let future = before_ms + 3_600_000;
     let none = log
