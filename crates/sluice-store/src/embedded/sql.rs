@@ -17,14 +17,13 @@ PRAGMA foreign_keys = OFF;
 PRAGMA temp_store = MEMORY;
 ";
 
-/// The writer: a 4 MiB page cache, which also bounds the sorter's memory (with the user index
-/// built in bulk, commits touch few pages besides the appended ones: `commit_throughput` of 2M
-/// random-id events in batches of 5,000 ran at 93,800 events/s with 4 MiB, 81,400 with 8 MiB;
-/// 16 MiB was no faster than 8, and 32 MiB no faster at 50,000 events/s); no checkpoints of its own
+/// The writer: an 8 MiB page cache (with the user index built in bulk, commits touch few pages
+/// besides the appended ones: `commit_throughput` of 2M events in batches of 5,000 was no
+/// slower than with 16 MiB, and 32 MiB no faster at 50,000 events/s); no checkpoints of its own
 /// (a separate thread runs them, see `Checkpointer`), and the WAL file truncated back to 64 MB
 /// after a checkpoint resets it.
 pub(crate) const WRITER_PRAGMAS: &str = "
-PRAGMA cache_size = -4096;
+PRAGMA cache_size = -8192;
 PRAGMA wal_autocheckpoint = 0;
 PRAGMA journal_size_limit = 67108864;
 ";
