@@ -14,7 +14,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // It is also `malloc` for the C code linked in (SQLite, zstd): one allocator returns every
 // library's freed pages on one schedule (with glibc's arenas beside it, RSS once the load stopped
 // was ~25 MB higher at 50,000 events/s). Its settings (freed pages returned after 0.5 s by a
-// background thread, one arena per CPU) are compiled in from `.cargo/config.toml`; `MALLOC_CONF`
+// background thread, one arena) are compiled in from `.cargo/config.toml`; `MALLOC_CONF`
 // in the environment overrides them.
 
 use clap::{Parser, Subcommand};
