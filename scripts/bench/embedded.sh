@@ -3,9 +3,9 @@
 # fresh data directory, `sluice bench --verify` at a target rate, serve's RSS sampled.
 # Usage: scripts/bench/embedded.sh RATE [DURATION] [extra serve flags...]
 # B=BINARY runs another build (serve and bench); BENCH=BINARY another build's load generator.
-# Keeps the RSS samples (every 0.5 s, MB: total, anonymous, file-backed) in /tmp/embedded-rss and serve's log in
-# /tmp/embedded-serve.log; STOP_WAIT=SECONDS waits that long after stopping serve before copying
-# its log (for what it prints at exit, e.g. with MALLOC_CONF=stats_print:true).
+# Keeps the RSS samples (every 0.5 s, MB: total, anonymous, file-backed) in /tmp/embedded-rss
+# and serve's log in /tmp/embedded-serve.log; STOP_WAIT=SECONDS waits that long after stopping
+# serve before copying its log (for what it prints at exit, e.g. MALLOC_CONF=stats_print:true).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${B:-target/release/sluice}

@@ -456,36 +456,20 @@ impl<P: Processor> Worker<P> {
         .await
     }
 
-    /// The entry with its payload read again from the log (decoding let go of it), for its
-    /// dead letter. Retries transient errors; None when shutdown interrupted it. An entry no
-    /// longer in the log (trimmed by a foreign producer's length cap) keeps an empty payload.
-    async fn with_payload(&self, entry: &Entry, stop: &watch::Receiver<bool>) -> Option<Entry> {
-        let mut backoff = Backoff::new(self.config.max_backoff);
-        loop {
-            match self
+    /// Give rejected entries back the payloads decoding let go of, read again from the log by
+    /// id, for their dead letters. An entry no longer in the log (trimmed by a foreign
+    /// producer's length cap) keeps an empty payload.
+    async fn read_payloads(&self, dead: &mut [(Entry, String)]) -> Result<(), LogError> {
+        for (entry, _) in dead.iter_mut().filter(|(e, _)| e.payload.is_empty()) {
+            let found = self
                 .log
                 .read_range(entry.shard, RangeStart::At(&entry.id), &entry.id, 1)
-                .await
-            {
-                Ok(found) => {
-                    let payload = found
-                        .into_iter()
-                        .find(|e| e.id == entry.id)
-                        .map(|e| e.payload)
-                        .unwrap_or_default();
-                    return Some(Entry {
-                        payload,
-                        ..entry.clone()
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(id = %entry.id, error = %e, "reading a rejected entry failed; retrying");
-                    if backoff.wait(stop).await {
-                        return None;
-                    }
-                }
+                .await?;
+            if let Some(e) = found.into_iter().find(|e| e.id == entry.id) {
+                entry.payload = e.payload;
             }
         }
+        Ok(())
     }
 
     /// Commit a batch (retrying transient failures, isolating rejected entries) and ack it.
@@ -537,10 +521,10 @@ impl<P: Processor> Worker<P> {
                 }
                 Err(ProcessError::Rejected(reason)) if hi - lo == 1 => {
                     tracing::warn!(%group, id = %batch.entries[lo].id, %reason, "entry rejected; dead-lettering it");
-                    let Some(entry) = self.with_payload(&batch.entries[lo], stop).await else {
-                        return false;
-                    };
-                    dead.push((entry, format!("rejected by {group}: {reason}")));
+                    dead.push((
+                        batch.entries[lo].clone(),
+                        format!("rejected by {group}: {reason}"),
+                    ));
                 }
                 Err(ProcessError::Rejected(reason)) => {
                     tracing::warn!(%group, size = hi - lo, %reason, "batch rejected; splitting it to isolate the cause");
@@ -559,7 +543,11 @@ impl<P: Processor> Worker<P> {
         if !dead.is_empty() {
             let n = dead.len() as u64;
             loop {
-                match self.log.dead_letter(group, &dead).await {
+                let sent = match self.read_payloads(&mut dead).await {
+                    Ok(()) => self.log.dead_letter(group, &dead).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(%group, error = %e, "dead-lettering failed; retrying");
