@@ -2,8 +2,7 @@
 //! `cargo run --release -p sluice-store --features testing --example commit_throughput --
 //! [postgres|embedded|embedded-normal] [events] [batch] [workers]`
 //! (defaults postgres, 400000, 10000, 1). `embedded` is SQLite with `synchronous = FULL`,
-//! `embedded-normal` with `NORMAL`; `USER_INDEX_LAG_ROWS=N` sets the embedded user index's lag;
-//! `RANDOM_IDS=1` gives the events ids spread like SDKs' random UUIDs (default: ascending ids).
+//! `embedded-normal` with `NORMAL`; `RANDOM_IDS=1` gives the events ids spread like SDKs' random UUIDs (default: ascending ids).
 //! Events look like `sluice bench`'s: several names, thousands of users, ~300-byte properties.
 //! Prints one JSON line.
 
@@ -48,14 +47,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 Synchronous::Normal
             };
-            let defaults = SqliteOptions::default();
             let opts = SqliteOptions {
                 synchronous,
-                user_index_lag_rows: std::env::var("USER_INDEX_LAG_ROWS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(defaults.user_index_lag_rows),
-                ..defaults
+                ..SqliteOptions::default()
             };
             let wh = SqliteWarehouse::open(dir.path(), opts).await?;
             _dir = Some(dir);

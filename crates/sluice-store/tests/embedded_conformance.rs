@@ -137,6 +137,7 @@ async fn data_survives_reopen_and_migrations_are_recorded_once() {
             (6, "deferred_user_index".to_string()),
             (7, "no_event_id_index".to_string()),
             (8, "dedupe_index".to_string()),
+            (9, "user_index_in_fjall".to_string()),
         ]
     );
     let dedupe_tables: i64 = probe
@@ -428,55 +429,148 @@ async fn reads_do_not_wait_behind_a_commit() {
     );
 }
 
-/// `user_index` (`0006_deferred_user_index.sql`): entries, the indexed-through rowid, rows.
-fn user_index_state(probe: &SqliteProbe) -> (i64, i64, i64) {
+/// Copy the stored event `from` of source "s1" into `events` as event `id`, below the
+/// warehouse: the row is after the user index's `through`, as the rows of a commit not indexed
+/// yet.
+fn insert_behind_the_index(probe: &SqliteProbe, id: &str, from: &str) {
     probe
         .with(|c| {
-            c.query_row(
-                "SELECT (SELECT count(*) FROM user_index), \
-                 (SELECT through FROM user_index_state), \
-                 (SELECT coalesce(max(rowid), 0) FROM events)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            c.execute(
+                "INSERT INTO events SELECT ?1, source, kind, name, user_id, anonymous_id,
+                     group_id, previous_id, ts, original_ts, sent_at, received_at,
+                     properties, traits, context, integrations
+                 FROM events WHERE source = 's1' AND event_id = ?2",
+                [id, from],
             )
         })
-        .expect("user index state")
+        .expect("insert a row behind the index");
 }
 
-/// The user query answers the same whether a user's events are all indexed, all in the tail
-/// not indexed yet, or split between the two (index passes every 1,500 rows, in commits of
-/// 1,000).
+/// The user query answers the same from the user index, from `events` alone (a warehouse
+/// opened shared has no index), and with rows the index does not cover yet; and a reopened
+/// warehouse indexes those rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_queries_are_complete_with_any_part_of_the_user_index_built() {
-    for lag in [1, 1_500, 1_000_000] {
-        let (_dir, wh, probe) = setup_with(SqliteOptions {
-            user_index_lag_rows: lag,
-            ..SqliteOptions::default()
-        })
-        .await;
-        conformance::query_user_events(&wh, &probe).await;
-        let (entries, through, last) = user_index_state(&probe);
-        match lag {
-            // Every commit of 4 rows or more indexes (4 × the lag once the index has grown).
-            1 => assert!(
-                last - through < 4,
-                "nearly all indexed: {through} of {last}"
-            ),
-            1_500 => assert!(0 < through && through < last, "split: {through} of {last}"),
-            _ => assert_eq!(
-                (entries, through),
-                (0, 0),
-                "nothing indexed before maintain"
-            ),
-        }
-        // maintain() indexes the rest, and the answers stay the same.
-        let before = every_users_events(&wh).await;
-        wh.maintain().await.expect("maintain");
-        let (entries, through, last) = user_index_state(&probe);
-        assert_eq!(through, last);
-        assert!(entries > 0);
-        assert_eq!(every_users_events(&wh).await, before);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open = |exclusive| {
+        SqliteWarehouse::open(
+            dir.path(),
+            SqliteOptions {
+                exclusive,
+                ..SqliteOptions::default()
+            },
+        )
+    };
+    let wh = open(true).await.expect("open");
+    let probe = SqliteProbe::open(&wh).expect("probe");
+    conformance::query_user_events(&wh, &probe).await;
+    let (entries, through, last) = probe.user_index().await.expect("user index");
+    assert_eq!(through, last, "every commit is indexed");
+    assert!(
+        entries as i64 > last,
+        "user and anonymous entries: {entries}"
+    );
+    let indexed = every_users_events(&wh).await;
+    let shared = open(false).await.expect("open shared");
+    assert_eq!(
+        every_users_events(&shared).await,
+        indexed,
+        "scanned without the index"
+    );
+    drop(shared);
+    // Copies of u7's three newest events, behind the index: each sorts right before its
+    // original (same time, a longer id), so they are the six newest now.
+    let newest = wh
+        .user_events("s1", &UserRef::UserId("u7".into()), 3)
+        .await
+        .expect("user events");
+    let mut want = Vec::new();
+    for e in &newest {
+        let copy = format!("{}-copy", e.event_id);
+        insert_behind_the_index(&probe, &copy, &e.event_id);
+        want.push((e.timestamp, copy));
+        want.push((e.timestamp, e.event_id.clone()));
     }
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    let want: Vec<String> = want.into_iter().map(|(_, id)| id).collect();
+    let (_, through_now, last) = probe.user_index().await.expect("user index");
+    assert_eq!((through_now, last), (through, through + 3));
+    let got: Vec<String> = wh
+        .user_events("s1", &UserRef::UserId("u7".into()), 6)
+        .await
+        .expect("user events")
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(got, want);
+    let split = every_users_events(&wh).await;
+    assert_ne!(split, indexed, "the copies are found");
+    drop(probe);
+    drop(wh);
+    let wh = open(true).await.expect("reopen");
+    let probe = SqliteProbe::open(&wh).expect("probe");
+    let (_, through, last) = probe.user_index().await.expect("user index");
+    assert_eq!(through, last, "opening indexed the rows behind it");
+    assert_eq!(every_users_events(&wh).await, split);
+}
+
+/// A data directory from before the user index left SQLite (version 8: a `user_index` table,
+/// no `users` keyspace beside it) gets every event indexed when it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_without_the_user_index_is_indexed_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open = || SqliteWarehouse::open(dir.path(), SqliteOptions::default());
+    let want = {
+        let wh = open().await.expect("open");
+        let probe = SqliteProbe::open(&wh).expect("probe");
+        conformance::query_user_events(&wh, &probe).await;
+        every_users_events(&wh).await
+    };
+    {
+        let index = fjall::Database::builder(dir.path().join(sluice_store::embedded::ID_INDEX_DIR))
+            .open()
+            .expect("open the index");
+        let users = index
+            .keyspace("users", fjall::KeyspaceCreateOptions::default)
+            .expect("users keyspace");
+        index.delete_keyspace(users).expect("delete it");
+    }
+    let wh = open().await.expect("reopen");
+    let probe = SqliteProbe::open(&wh).expect("probe");
+    let (entries, through, last) = probe.user_index().await.expect("user index");
+    assert_eq!(through, last);
+    assert!(entries as i64 > last, "indexed again: {entries}");
+    assert_eq!(every_users_events(&wh).await, want);
+}
+
+/// An entry whose event is gone (retention deleted the event, and the entry's delete failed or
+/// a crash came in between) is skipped: the answer holds `limit` events all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_queries_skip_entries_of_deleted_events() {
+    let (_dir, wh, probe) = setup().await;
+    conformance::query_user_events(&wh, &probe).await;
+    let user = UserRef::UserId("u7".into());
+    let all: Vec<String> = wh
+        .user_events("s1", &user, 10_000)
+        .await
+        .expect("user events")
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert!(all.len() > 10, "u7 has events: {}", all.len());
+    for id in &all[..5] {
+        probe
+            .with(|c| c.execute("DELETE FROM events WHERE event_id = ?1", [id]))
+            .expect("delete below the warehouse");
+    }
+    let got: Vec<String> = wh
+        .user_events("s1", &user, 5)
+        .await
+        .expect("user events")
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(got, all[5..10]);
 }
 
 /// The answers for every user and anonymous id of `conformance::query_events`, at two limits.
@@ -502,36 +596,21 @@ async fn every_users_events(wh: &SqliteWarehouse) -> Vec<Vec<String>> {
 /// answer is the newest by (ts, event_id), as on PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_query_breaks_ties_by_event_id_across_the_index_and_the_tail() {
-    let (_dir, wh, probe) = setup_with(SqliteOptions {
-        user_index_lag_rows: 1,
-        ..SqliteOptions::default()
-    })
-    .await;
+    let (_dir, wh, probe) = setup().await;
     let t = chrono::Utc::now();
     let ids = ["e05", "e12", "e03", "e09", "e01", "e11", "e07", "e02"];
     let make = |id: &str| conformance::event("s1", id, "A", Some("tie"), t);
-    // Indexed: the first five (lag 1 indexes at each commit).
+    // Indexed: the first five.
     let first: Vec<_> = ids[..5].iter().map(|id| make(id)).collect();
     wh.commit_batch("warehouse", &first, &[])
         .await
         .expect("commit");
-    assert_eq!(user_index_state(&probe).1, 5);
-    // Tail: three more, written straight into `events` below the warehouse so no pass runs
-    // (copies of a stored row: same user and time).
+    // Behind the index: three more, copies of a stored row (same user and time).
     for id in &ids[5..] {
-        probe
-            .with(|c| {
-                c.execute(
-                    "INSERT INTO events SELECT ?1, source, kind, name, user_id, anonymous_id,
-                         group_id, previous_id, ts, original_ts, sent_at, received_at,
-                         properties, traits, context, integrations
-                     FROM events WHERE event_id = ?2",
-                    [id, &ids[0]],
-                )
-            })
-            .expect("insert a tail row");
+        insert_behind_the_index(&probe, id, ids[0]);
     }
-    assert_eq!(user_index_state(&probe).1, 5, "the tail is not indexed");
+    let (_, through, last) = probe.user_index().await.expect("user index");
+    assert_eq!((through, last), (5, 8));
     let mut want: Vec<&str> = ids.to_vec();
     want.sort_unstable_by(|a, b| b.cmp(a));
     for limit in [1, 3, 5, 6, 8, 20] {
@@ -545,13 +624,12 @@ async fn user_query_breaks_ties_by_event_id_across_the_index_and_the_tail() {
     }
 }
 
-/// Retention deletes an event's `user_index` entries with it, and when the newest rows go,
+/// Retention deletes an event's user-index entries with it, and when the newest rows go,
 /// `through` follows the largest remaining rowid: SQLite hands those rowids out again, and
 /// the events that get them must be found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_the_user_index_exact() {
     let (_dir, wh, probe) = setup_with(SqliteOptions {
-        user_index_lag_rows: 1,
         retention_days: Some(30),
         ..SqliteOptions::default()
     })
@@ -574,13 +652,13 @@ async fn retention_keeps_the_user_index_exact() {
         .await
         .expect("commit");
     assert_eq!(
-        user_index_state(&probe),
+        probe.user_index().await.expect("user index"),
         (40, 20, 20),
         "user and anonymous entries"
     );
     wh.maintain().await.expect("maintain");
     assert_eq!(
-        user_index_state(&probe),
+        probe.user_index().await.expect("user index"),
         (20, 10, 10),
         "old entries gone, through lowered"
     );
@@ -601,5 +679,5 @@ async fn retention_keeps_the_user_index_exact() {
         .collect();
     want.sort_unstable();
     assert_eq!(ids, want);
-    assert_eq!(user_index_state(&probe), (30, 15, 15));
+    assert_eq!(probe.user_index().await.expect("user index"), (30, 15, 15));
 }

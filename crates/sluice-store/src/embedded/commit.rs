@@ -119,17 +119,26 @@ pub(crate) fn commit_batch(
         .iter()
         .map(|r| ids::key(&r.source, &r.event_id))
         .collect();
-    let mut in_batch: HashSet<&[u8]> = HashSet::with_capacity(rows.len());
+    // Looked up (and later recorded) in key order, each search of fjall's memtables starting
+    // near the last one, in cache; the sort is stable, so of two events with one id the
+    // earlier is claimed.
+    let mut by_key: Vec<usize> = (0..rows.len()).collect();
+    by_key.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
     let mut claimed = vec![false; rows.len()];
     let since = index.window_start();
-    for (c, k) in claimed.iter_mut().zip(&keys) {
-        *c = in_batch.insert(k) && !index.contains(k, since)?;
+    let mut previous: Option<&[u8]> = None;
+    for &i in &by_key {
+        let k = keys[i].as_slice();
+        claimed[i] = previous != Some(k) && !index.contains(k, since)?;
+        previous = Some(k);
     }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
     let mut inserted = 0u64;
     let mut last_rowid = None;
+    // The inserted events' user-index entries, recorded with their ids once the batch commits.
+    let mut user_entries: Vec<ids::UserEntry> = Vec::new();
     // The batch's daily users not known to be stored yet; remembered once the batch commits.
     let mut new_users: Vec<(i64, &str, &str)> = Vec::new();
     if !rows.is_empty() {
@@ -158,7 +167,15 @@ pub(crate) fn commit_batch(
                 ])
                 .map_err(sqlite_error)?;
             inserted += 1;
-            last_rowid = Some(tx.last_insert_rowid());
+            let rowid = tx.last_insert_rowid();
+            last_rowid = Some(rowid);
+            user_entries.extend(ids::user_entries(
+                &r.source,
+                r.user_id.as_deref(),
+                r.anonymous_id.as_deref(),
+                r.ts,
+                rowid,
+            ));
             *counts
                 .entry((minute_of(r.ts), r.source.as_str(), r.rollup_name()))
                 .or_default() += 1;
@@ -199,15 +216,15 @@ pub(crate) fn commit_batch(
     }
     upsert_offsets(&tx, group, offsets, now)?;
     tx.commit().map_err(sqlite_error)?;
+    user_entries.sort_unstable();
     if let Some(through) = last_rowid {
-        let new = keys
+        let new = by_key
             .iter()
-            .zip(&claimed)
-            .filter(|(_, &c)| c)
-            .map(|(k, _)| (k.as_slice(), now));
-        if let Err(e) = index.record(new, through, false) {
+            .filter(|&&i| claimed[i])
+            .map(|&i| (keys[i].as_slice(), now));
+        if let Err(e) = index.record(new, user_entries.iter(), through, false) {
             // Committed all the same: the next commit catches the index up from `events` first.
-            tracing::warn!(error = %e, "recording the batch's ids in the dedupe index failed");
+            tracing::warn!(error = %e, "recording the batch in the warehouse's indexes failed");
             index.mark_stale();
         }
     }
@@ -455,8 +472,8 @@ pub(crate) fn window_start(window: Duration) -> i64 {
     micros(Utc::now()).saturating_sub(window_us)
 }
 
-/// Delete one batch of raw events older than `days` (event time) and their `user_index`
-/// entries; returns how many events. Should the batch hold the newest rows, the dedupe index's
+/// Delete one batch of raw events older than `days` (event time), then their user-index
+/// entries; returns how many events. Should the batch hold the newest rows, the index's
 /// `through` is lowered first (SQLite hands their rowids out again).
 pub(crate) fn prune_events(
     conn: &mut Connection,
@@ -473,57 +490,44 @@ pub(crate) fn prune_events(
         .prepare_cached(sql::PRUNE_EVENTS_COLLECT)
         .and_then(|mut stmt| stmt.execute(params![cutoff, sql::PRUNE_BATCH]))
         .map_err(sqlite_error)?;
+    let mut entries: Vec<ids::UserEntry> = Vec::new();
     if n > 0 {
         let remaining: i64 = tx
             .query_row(sql::PRUNE_EVENTS_LAST_KEPT, [], |r| r.get(0))
             .map_err(sqlite_error)?;
         index.lower_through(remaining)?;
+        let mut stmt = tx
+            .prepare_cached(sql::PRUNE_EVENTS_USERS)
+            .map_err(sqlite_error)?;
+        let mut rows = stmt.query([]).map_err(sqlite_error)?;
+        while let Some(r) = rows.next().map_err(sqlite_error)? {
+            let e = sqlite_error;
+            let source: String = r.get(0).map_err(e)?;
+            let user_id: Option<String> = r.get(1).map_err(e)?;
+            let anonymous_id: Option<String> = r.get(2).map_err(e)?;
+            entries.extend(ids::user_entries(
+                &source,
+                user_id.as_deref(),
+                anonymous_id.as_deref(),
+                r.get(3).map_err(e)?,
+                r.get(4).map_err(e)?,
+            ));
+        }
+        drop(rows);
+        drop(stmt);
         tx.execute_batch(sql::PRUNE_EVENTS_DELETE)
             .map_err(sqlite_error)?;
     }
     tx.commit().map_err(sqlite_error)?;
     if n > 0 {
+        // After the commit, so that no stored event ever lacks its entries. Should this fail,
+        // user queries skip the entries of events that are gone.
+        if let Err(e) = index.forget_users(&entries) {
+            tracing::warn!(error = %e, "deleting user-index entries of deleted events failed");
+        }
         tracing::debug!(deleted = n, "retention deleted raw events");
     }
     Ok(n)
-}
-
-/// The tail at which a commit runs an index pass, given the rows indexed so far and the
-/// configured lag: a pass rewrites about every leaf of `user_index`, so passes get rarer as it
-/// grows (a 32nd of its rows: the cost per indexed row stays flat), up to four times the lag,
-/// which bounds the rows a user query scans.
-pub(crate) fn index_pass_threshold(indexed: u64, lag: u64) -> u64 {
-    let lag = lag.max(1);
-    (indexed / 32).clamp(lag, lag.saturating_mul(4))
-}
-
-/// Index the events not in `user_index` yet (see `0006_deferred_user_index.sql`) in one
-/// transaction — with `Some(lag)`, only when there are at least
-/// `index_pass_threshold(indexed, lag)` of them; returns how many rows it covered.
-///
-/// The tail is measured before the transaction (no write lock taken when there is nothing to
-/// do, which is most commits): only this connection, the writer, inserts events.
-pub(crate) fn index_users(conn: &mut Connection, lag: Option<u64>) -> Result<u64, StoreError> {
-    let (through, last): (i64, i64) = conn
-        .prepare_cached(sql::USER_INDEX_TAIL)
-        .and_then(|mut stmt| stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
-        .map_err(sqlite_error)?;
-    let tail = u64::try_from(last.saturating_sub(through)).unwrap_or(0);
-    let indexed = u64::try_from(through).unwrap_or(0);
-    if tail == 0 || lag.is_some_and(|lag| tail < index_pass_threshold(indexed, lag)) {
-        return Ok(0);
-    }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sqlite_error)?;
-    tx.prepare_cached(sql::USER_INDEX_ADD)
-        .and_then(|mut stmt| stmt.execute(params![through, last]))
-        .map_err(sqlite_error)?;
-    tx.prepare_cached(sql::USER_INDEX_SET_THROUGH)
-        .and_then(|mut stmt| stmt.execute(params![last]))
-        .map_err(sqlite_error)?;
-    tx.commit().map_err(sqlite_error)?;
-    Ok(tail)
 }
 
 #[cfg(test)]
@@ -540,14 +544,6 @@ mod tests {
             "the last microsecond of 1969"
         );
         assert_eq!(day_of(0).map(day_text).as_deref(), Some("1970-01-01"));
-    }
-
-    #[test]
-    fn index_passes_get_rarer_as_the_index_grows_within_bounds() {
-        assert_eq!(index_pass_threshold(0, 65_536), 65_536);
-        assert_eq!(index_pass_threshold(32 * 100_000, 65_536), 100_000);
-        assert_eq!(index_pass_threshold(u64::MAX, 65_536), 262_144);
-        assert_eq!(index_pass_threshold(1_000, 0), 4, "a lag of 0 counts as 1");
     }
 
     #[test]

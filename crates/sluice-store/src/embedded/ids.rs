@@ -1,5 +1,6 @@
-//! The embedded warehouse's dedupe index: which `(source, event_id)` were stored within the
-//! dedupe window, in an LSM tree (fjall) in the data directory beside the SQLite file.
+//! The embedded warehouse's indexes by id, in an LSM tree (fjall) in the data directory beside
+//! the SQLite file: the dedupe index (which `(source, event_id)` were stored within the dedupe
+//! window) and the user index (the rowids of each user's events, by time).
 //!
 //! Why not a SQLite table: SDKs send random UUID `messageId`s, so each new id landed on a random
 //! leaf page of a B-tree keyed by the id, and once that tree outgrew the page cache every commit
@@ -9,10 +10,17 @@
 //! answer for nearly every new event — without reading the disk. Segment's exactly-once
 //! pipeline keeps its `messageId`s in RocksDB for the same reason.
 //!
-//! The index is derived data; SQLite's `events` stay the source of truth:
-//! - ids are recorded only after the SQLite transaction that stored their events committed, in
-//!   one atomic fjall batch together with `through`, the largest events rowid they cover — so
-//!   the index never holds an id whose event is not stored;
+//! The user index left SQLite for the same reason: a B-tree keyed by user takes each new event
+//! at its user's place, so with thousands of users every commit (or every bulk pass, as
+//! migration 6 had it) rewrote pages all over it, and the cost per event grew with the table
+//! (`commit_throughput` with random ids: 94,000–103,000 events/s over the first 2M events,
+//! 54,000 over 9M; 96,000 over 9M with the user index's passes left out).
+//!
+//! Both are derived data; SQLite's `events` stay the source of truth:
+//! - entries are recorded only after the SQLite transaction that stored their events committed,
+//!   in one atomic fjall batch together with `through`, the largest events rowid they cover —
+//!   so the index never holds an id whose event is not stored, and a user query reads the index
+//!   up to `through` and scans `events` after it;
 //! - that batch is not forced to disk; a crash may lose the last ones, and opening catches up
 //!   from `events` after `through` ([`catch_up`]); a failed write marks the index stale and the
 //!   next commit catches up first;
@@ -29,8 +37,16 @@
 //! catching up is forgotten at the earlier of the two (seconds before the window ends, at most
 //! the time between receiving and committing it).
 //!
-//! Keyspaces: `ids` (key → when it was seen, µs) and `meta` (`through`). A key is the source's
-//! length (2 bytes), the source and the event id.
+//! The user index is kept exact by retention: it deletes the entries of the events it deletes,
+//! after their SQLite transaction committed. An entry whose event is gone (that delete failed,
+//! or a crash came in between) is skipped by the query, which checks every event it reads
+//! against the entry.
+//!
+//! Keyspaces: `ids` (key → when it was seen, µs; a key is the source's length (2 bytes), the
+//! source and the event id), `users` ([`user_entry`] → nothing; 24 bytes) and `meta`
+//! (`through`). A data
+//! directory from before the user index moved here has no `users`: opening it indexes every
+//! event again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +55,7 @@ use std::time::Duration;
 
 use fjall::compaction::filter::{self, CompactionFilter, ItemAccessor, Verdict};
 use fjall::compaction::Leveled;
-use fjall::config::PinningPolicy;
+use fjall::config::{FilterPolicy, FilterPolicyEntry, PinningPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rusqlite::{params, Connection};
 use sluice_core::warehouse::StoreError;
@@ -57,6 +73,9 @@ const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 /// every key of the table it writes until the table's filter is built — ~17 MiB for 64 MiB of
 /// ids, 4 MiB for 16.
 const TABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// Memtable of `users` (two entries per event with both a user and an anonymous id, 24 bytes
+/// each).
+const USERS_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Journals kept before the oldest memtables are flushed.
 const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 /// Rows recorded per fjall batch when catching up.
@@ -65,12 +84,15 @@ const CATCH_UP_CHUNK: usize = 10_000;
 const THROUGH: &[u8] = b"through";
 /// The keyspace of ids; the compaction filter applies to it alone.
 const IDS: &str = "ids";
+/// The keyspace of the user index.
+const USERS: &str = "users";
 /// A keyspace of earlier versions (ids by time, for pruning), deleted at open.
 const OLD_SEEN: &str = "seen";
 
 pub(crate) struct IdIndex {
     db: Database,
     ids: Keyspace,
+    users: Keyspace,
     meta: Keyspace,
     /// How long an id counts as stored.
     window: Duration,
@@ -81,13 +103,69 @@ pub(crate) struct IdIndex {
 
 /// The index key of one event.
 pub(crate) fn key(source: &str, event_id: &str) -> Vec<u8> {
-    let len = u16::try_from(source.len()).unwrap_or(u16::MAX);
-    let source = &source.as_bytes()[..usize::from(len)];
     let mut k = Vec::with_capacity(2 + source.len() + event_id.len());
-    k.extend_from_slice(&len.to_be_bytes());
-    k.extend_from_slice(source);
+    push_part(&mut k, source);
     k.extend_from_slice(event_id.as_bytes());
     k
+}
+
+/// Appends `part` with its length (2 bytes) in front: parts of a key never run into each other.
+/// A part longer than 65,535 bytes is cut there.
+fn push_part(k: &mut Vec<u8>, part: &str) {
+    let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(&part.as_bytes()[..usize::from(len)]);
+}
+
+/// A user-index entry: [`user_prefix`], the event's time (µs) and its rowid.
+pub(crate) type UserEntry = [u8; 24];
+
+/// The start of every user-index entry of one user: a hash (XXH3, 64 bits) of the source,
+/// whether the id is an `anonymous_id`, and the id. Fixed and short, where the names are long
+/// and share prefixes: memtable inserts compare less and compactions move less. Two users with
+/// the same hash share entries; the query checks every event it reads against the user asked.
+pub(crate) fn user_prefix(source: &str, anonymous: bool, user: &str) -> [u8; 8] {
+    let mut k = Vec::with_capacity(5 + source.len() + user.len());
+    push_part(&mut k, source);
+    k.push(u8::from(anonymous));
+    push_part(&mut k, user);
+    xxhash_rust::xxh3::xxh3_64(&k).to_be_bytes()
+}
+
+/// One event's entry in the user index: a user's entries sort by time, then rowid.
+pub(crate) fn user_entry(
+    source: &str,
+    anonymous: bool,
+    user: &str,
+    ts: i64,
+    rowid: i64,
+) -> UserEntry {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&user_prefix(source, anonymous, user));
+    k[8..16].copy_from_slice(&sortable(ts));
+    k[16..].copy_from_slice(&sortable(rowid));
+    k
+}
+
+/// The time and rowid of a user-index entry.
+fn parse_user_entry(k: &[u8]) -> Option<(i64, i64)> {
+    Some((
+        from_sortable(k.get(8..16)?)?,
+        from_sortable(k.get(16..24)?)?,
+    ))
+}
+
+/// The user-index entries of one events row: its user id's and its anonymous id's.
+pub(crate) fn user_entries(
+    source: &str,
+    user_id: Option<&str>,
+    anonymous_id: Option<&str>,
+    ts: i64,
+    rowid: i64,
+) -> impl Iterator<Item = UserEntry> {
+    let user = user_id.map(|u| user_entry(source, false, u, ts, rowid));
+    let anonymous = anonymous_id.map(|a| user_entry(source, true, a, ts, rowid));
+    user.into_iter().chain(anonymous)
 }
 
 /// A number (a time in µs, a rowid) as bytes that sort like the numbers (sign bit flipped).
@@ -173,14 +251,35 @@ impl IdIndex {
             .map_err(err)
         };
         let (ids, meta) = (ks(IDS)?, ks("meta")?);
-        Ok(IdIndex {
+        let had_users = db.keyspace_exists(USERS);
+        // Only read by prefix (no filters: nothing asks whether one key is there), and not
+        // pinned beyond fjall's defaults: user queries are rare next to commits.
+        let users = db
+            .keyspace(USERS, || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(USERS_MEMTABLE_BYTES)
+                    .compaction_strategy(Arc::new(
+                        Leveled::default().with_table_target_size(TABLE_BYTES),
+                    ))
+                    .filter_policy(FilterPolicy::all(FilterPolicyEntry::None))
+            })
+            .map_err(err)?;
+        let index = IdIndex {
             db,
             ids,
+            users,
             meta,
             window,
             dir: dir.to_path_buf(),
             stale: AtomicBool::new(false),
-        })
+        };
+        if !had_users && index.through()? > 0 {
+            // The users of the events already covered are not in it: index everything again
+            // (`catch_up`, when the warehouse opens).
+            tracing::info!("the user index is new in this data directory; indexing every event");
+            index.set_through(0)?;
+        }
+        Ok(index)
     }
 
     /// Whether a write failed since the last [`catch_up`].
@@ -220,11 +319,13 @@ impl IdIndex {
             .unwrap_or(0))
     }
 
-    /// Record `keys`, each with when it was seen, and that rowids up to `through` are covered:
-    /// one atomic batch, handed to the journal, and forced to disk only when `durable`.
-    pub(crate) fn record<'a>(
+    /// Record `keys`, each with when it was seen, the user-index entries `users`
+    /// ([`user_entries`]), and that rowids up to `through` are covered: one atomic batch,
+    /// handed to the journal, and forced to disk only when `durable`.
+    pub(crate) fn record<'a, U: AsRef<[u8]>>(
         &self,
         keys: impl Iterator<Item = (&'a [u8], i64)>,
+        users: impl Iterator<Item = U>,
         through: i64,
         durable: bool,
     ) -> Result<(), StoreError> {
@@ -235,17 +336,61 @@ impl IdIndex {
         for (k, seen_at) in keys {
             batch.insert(&self.ids, k, &sortable(seen_at)[..]);
         }
+        for k in users {
+            batch.insert(&self.users, k.as_ref(), &[][..]);
+        }
         batch.insert(&self.meta, THROUGH, &sortable(through)[..]);
         batch.commit().map_err(|e| self.err(&e))
+    }
+
+    /// Set `through`, durably.
+    fn set_through(&self, through: i64) -> Result<(), StoreError> {
+        self.record(
+            std::iter::empty(),
+            std::iter::empty::<&[u8]>(),
+            through,
+            true,
+        )
     }
 
     /// Lower `through` to `rowid` (if above it), durably: before retention deletes the newest
     /// rows, whose rowids SQLite will hand out again.
     pub(crate) fn lower_through(&self, rowid: i64) -> Result<(), StoreError> {
         if self.through()? > rowid {
-            self.record(std::iter::empty(), rowid, true)?;
+            self.set_through(rowid)?;
         }
         Ok(())
+    }
+
+    /// Delete user-index entries (of events retention deleted).
+    pub(crate) fn forget_users(&self, entries: &[UserEntry]) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for k in entries {
+            batch.remove(&self.users, &k[..]);
+        }
+        batch.commit().map_err(|e| self.err(&e))
+    }
+
+    /// The (time, rowid) of a user's entries ([`user_prefix`]), newest first.
+    pub(crate) fn newest_user_entries(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(i64, i64), StoreError>> + '_ {
+        self.users.prefix(prefix).rev().map(move |guard| {
+            let k = guard.key().map_err(|e| self.err(&e))?;
+            parse_user_entry(&k).ok_or_else(|| {
+                StoreError::Other(format!(
+                    "a malformed key in the user index {}",
+                    self.dir.display()
+                ))
+            })
+        })
+    }
+
+    /// Entries in the user index (tests).
+    #[cfg(feature = "testing")]
+    pub(crate) fn user_entry_count(&self) -> Result<usize, StoreError> {
+        self.users.len().map_err(|e| self.err(&e))
     }
 
     /// Make every record look `by` older (tests of the dedupe window).
@@ -263,7 +408,7 @@ impl IdIndex {
     }
 
     fn clear(&self) -> Result<(), StoreError> {
-        for ks in [&self.ids, &self.meta] {
+        for ks in [&self.ids, &self.users, &self.meta] {
             ks.clear().map_err(|e| self.err(&e))?;
         }
         Ok(())
@@ -271,8 +416,9 @@ impl IdIndex {
 }
 
 /// Bring the index up to date with `events`: record the ids of the rows after `through` that
-/// are within the dedupe window (seen at their `received_at`), then `through` = the last rowid,
-/// durably. An index ahead of the database is rebuilt. Returns the rows recorded.
+/// are within the dedupe window (seen at their `received_at`) and the users of them all, then
+/// `through` = the last rowid, durably. An index ahead of the database is rebuilt. Returns the
+/// rows indexed.
 pub(crate) fn catch_up(conn: &Connection, index: &IdIndex) -> Result<u64, StoreError> {
     let last: i64 = conn
         .query_row(sql::LAST_EVENT_ROWID, [], |r| r.get(0))
@@ -293,43 +439,57 @@ pub(crate) fn catch_up(conn: &Connection, index: &IdIndex) -> Result<u64, StoreE
     }
     let cutoff = index.window_start();
     let mut stmt = conn
-        .prepare(sql::EVENT_IDS_BETWEEN_ROWIDS)
+        .prepare(sql::EVENTS_BETWEEN_ROWIDS)
         .map_err(sqlite_error)?;
-    let mut rows = stmt
-        .query(params![through, last, cutoff])
-        .map_err(sqlite_error)?;
-    let mut chunk: Vec<(Vec<u8>, i64)> = Vec::with_capacity(CATCH_UP_CHUNK);
-    let mut recorded = 0u64;
-    let flush = |chunk: &mut Vec<(Vec<u8>, i64)>| -> Result<(), StoreError> {
+    let mut rows = stmt.query(params![through, last]).map_err(sqlite_error)?;
+    let mut ids: Vec<(Vec<u8>, i64)> = Vec::with_capacity(CATCH_UP_CHUNK);
+    let mut users: Vec<UserEntry> = Vec::with_capacity(2 * CATCH_UP_CHUNK);
+    let mut indexed = 0u64;
+    let flush = |ids: &mut Vec<(Vec<u8>, i64)>, users: &mut Vec<UserEntry>| {
         // `through` moves only at the end: until then a crash starts over from the same place.
         index.record(
-            chunk.iter().map(|(k, at)| (k.as_slice(), *at)),
+            ids.iter().map(|(k, at)| (k.as_slice(), *at)),
+            users.drain(..),
             through,
             false,
         )?;
-        chunk.clear();
-        Ok(())
+        ids.clear();
+        Ok::<_, StoreError>(())
     };
     while let Some(r) = rows.next().map_err(sqlite_error)? {
-        let source: String = r.get(0).map_err(sqlite_error)?;
-        let event_id: String = r.get(1).map_err(sqlite_error)?;
-        chunk.push((key(&source, &event_id), r.get(2).map_err(sqlite_error)?));
-        recorded += 1;
-        if chunk.len() == CATCH_UP_CHUNK {
-            flush(&mut chunk)?;
+        let e = sqlite_error;
+        let source: String = r.get(0).map_err(e)?;
+        let received_at: i64 = r.get(2).map_err(e)?;
+        if received_at >= cutoff {
+            let event_id: String = r.get(1).map_err(e)?;
+            ids.push((key(&source, &event_id), received_at));
+        }
+        let user_id: Option<String> = r.get(3).map_err(e)?;
+        let anonymous_id: Option<String> = r.get(4).map_err(e)?;
+        let (ts, rowid): (i64, i64) = (r.get(5).map_err(e)?, r.get(6).map_err(e)?);
+        users.extend(user_entries(
+            &source,
+            user_id.as_deref(),
+            anonymous_id.as_deref(),
+            ts,
+            rowid,
+        ));
+        indexed += 1;
+        if indexed.is_multiple_of(CATCH_UP_CHUNK as u64) {
+            flush(&mut ids, &mut users)?;
         }
     }
-    flush(&mut chunk)?;
-    index.record(std::iter::empty(), last, true)?;
+    flush(&mut ids, &mut users)?;
+    index.set_through(last)?;
     index.stale.store(false, Ordering::Release);
-    if recorded > 0 {
+    if indexed > 0 {
         tracing::info!(
-            events = recorded,
+            events = indexed,
             through = last,
-            "dedupe index caught up with the warehouse"
+            "the warehouse's indexes caught up with its events"
         );
     }
-    Ok(recorded)
+    Ok(indexed)
 }
 
 fn index_error(dir: &Path, e: &fjall::Error) -> StoreError {
@@ -374,6 +534,68 @@ mod tests {
     }
 
     #[test]
+    fn a_users_entries_share_a_prefix_and_sort_by_time_then_rowid() {
+        let prefix = user_prefix("s", false, "u1");
+        let entries = [
+            user_entry("s", false, "u1", -5, 9),
+            user_entry("s", false, "u1", 0, 3),
+            user_entry("s", false, "u1", 0, 4),
+            user_entry("s", false, "u1", 1_700_000_000_000_000, 1),
+        ];
+        for w in entries.windows(2) {
+            assert!(w[0] < w[1]);
+        }
+        for e in &entries {
+            assert!(e.starts_with(&prefix));
+        }
+        assert_eq!(parse_user_entry(&entries[0]), Some((-5, 9)));
+        assert_eq!(parse_user_entry(&entries[0][..20]), None, "too short");
+        // Another user, the same id as an anonymous id, another source, parts run together.
+        for other in [
+            user_prefix("s", false, "u2"),
+            user_prefix("s", true, "u1"),
+            user_prefix("t", false, "u1"),
+            user_prefix("su", false, "1"),
+        ] {
+            assert_ne!(other, prefix);
+        }
+        let both: Vec<UserEntry> = user_entries("s", Some("u1"), Some("a1"), 7, 8).collect();
+        assert_eq!(
+            both,
+            [
+                user_entry("s", false, "u1", 7, 8),
+                user_entry("s", true, "a1", 7, 8)
+            ]
+        );
+        assert_eq!(user_entries("s", None, None, 7, 8).count(), 0);
+    }
+
+    #[test]
+    fn users_entries_are_listed_newest_first_by_prefix() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = IdIndex::open(dir.path(), HOUR).expect("open");
+        let mine = [(5, 1), (9, 2), (9, 3), (7, 4)];
+        let entries: Vec<UserEntry> = mine
+            .iter()
+            .map(|&(ts, rowid)| user_entry("s", false, "me", ts, rowid))
+            .chain([user_entry("s", false, "you", 8, 5)])
+            .collect();
+        index
+            .record(std::iter::empty(), entries.iter(), 5, false)
+            .expect("record");
+        let newest = |index: &IdIndex| -> Vec<(i64, i64)> {
+            index
+                .newest_user_entries(&user_prefix("s", false, "me"))
+                .collect::<Result<_, _>>()
+                .expect("entries")
+        };
+        assert_eq!(newest(&index), [(9, 3), (9, 2), (7, 4), (5, 1)]);
+        index.forget_users(&entries[1..2]).expect("forget");
+        assert_eq!(newest(&index), [(9, 3), (7, 4), (5, 1)]);
+        assert_eq!(index.through().expect("through"), 5);
+    }
+
+    #[test]
     fn keys_keep_source_and_id_apart() {
         assert_ne!(key("ab", "c"), key("a", "bc"));
         assert_eq!(key("s", "id"), b"\x00\x01sid".to_vec());
@@ -395,6 +617,7 @@ mod tests {
         index
             .record(
                 [(&old[..], old_seen), (&young[..], now)].into_iter(),
+                std::iter::empty::<UserEntry>(),
                 2,
                 false,
             )
@@ -431,6 +654,7 @@ mod tests {
         index
             .record(
                 keys.iter().enumerate().map(|(i, k)| (&k[..], seen(i))),
+                std::iter::empty::<UserEntry>(),
                 2_000,
                 false,
             )

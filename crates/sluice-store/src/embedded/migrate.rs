@@ -1,5 +1,6 @@
 //! Embedded migrations (`crates/sluice-store/migrations/sqlite/*.sql`), versioned like
-//! PostgreSQL's (1 api_keys, 2 rollups/offsets/dedupe, 3 events, 4 alerts, 5 partial user indexes), applied in order in
+//! PostgreSQL's (1 api_keys, 2 rollups/offsets/dedupe, 3 events, 4 alerts, 5 partial user indexes;
+//! 6–9 are the embedded backend's own), applied in order in
 //! one `BEGIN IMMEDIATE` transaction and recorded in `schema_migrations`. Only one process opens
 //! a data directory (its lock file), and the immediate transaction serializes any other
 //! connection, so there is no race.
@@ -56,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "dedupe_index",
         sql: include_str!("../../migrations/sqlite/0008_dedupe_index.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "user_index_in_fjall",
+        sql: include_str!("../../migrations/sqlite/0009_user_index_in_fjall.sql"),
     },
 ];
 

@@ -89,13 +89,8 @@ pub struct SqliteOptions {
     /// that only manage keys or read beside a running `sluice serve` open it shared: SQLite's
     /// own locking keeps their writes safe. A shared warehouse has no dedupe index (it belongs
     /// to the process holding the lock), so it cannot commit batches or run `maintain()`, and
-    /// answers `stored_event_ids` by scanning `events`.
+    /// answers `stored_event_ids` and user queries by scanning `events`.
     pub exclusive: bool,
-    /// Events inserted since the last pass of the user index (`0006_deferred_user_index.sql`)
-    /// at which a commit indexes them — at least this many, a 32nd of the rows indexed so far
-    /// once that is more, at most four times this; `maintain()` indexes whatever is left.
-    /// Queries are complete either way: the rows not indexed yet are scanned, which this bounds.
-    pub user_index_lag_rows: u64,
 }
 
 impl Default for SqliteOptions {
@@ -108,7 +103,6 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_size_bytes: None,
             exclusive: true,
-            user_index_lag_rows: 65_536,
         }
     }
 }
@@ -127,8 +121,8 @@ struct Inner {
     writer: Arc<Mutex<Connection>>,
     /// Daily users known to be stored; locked only while holding `writer`.
     known_users: Arc<Mutex<commit::KnownUsers>>,
-    /// The dedupe index (exclusive opens only); written only while holding `writer`, read by
-    /// anyone (fjall is safe to share).
+    /// The dedupe and user indexes (exclusive opens only); written only while holding
+    /// `writer`, read by anyone (fjall is safe to share).
     ids: Option<Arc<ids::IdIndex>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_permits: Semaphore,
@@ -200,6 +194,15 @@ impl SqliteWarehouse {
     pub async fn age_dedupe_records(&self, by: Duration) -> Result<(), StoreError> {
         let index = self.id_index()?;
         self.write(move |_| index.age(by)).await
+    }
+
+    /// The user index's entries and its `through` (tests).
+    #[cfg(feature = "testing")]
+    pub async fn user_index_state(&self) -> Result<(usize, i64), StoreError> {
+        let index = self.id_index()?;
+        tokio::task::spawn_blocking(move || Ok((index.user_entry_count()?, index.through()?)))
+            .await
+            .map_err(join_error)?
     }
 
     /// Run `f` with the writer connection on the blocking pool.
@@ -652,7 +655,6 @@ impl Warehouse for SqliteWarehouse {
         // preparation overlaps the previous batch's commit.
         let rows: Vec<commit::EventRow> = events.iter().map(commit::EventRow::new).collect();
         let group = group.to_string();
-        let lag = self.inner.opts.user_index_lag_rows;
         let known = Arc::clone(&self.inner.known_users);
         let index = self.id_index()?;
         self.write(move |conn| {
@@ -660,12 +662,7 @@ impl Warehouse for SqliteWarehouse {
             if index.is_stale() {
                 ids::catch_up(conn, &index)?;
             }
-            let outcome = commit::commit_batch(conn, &group, &rows, &offsets, &mut known, &index)?;
-            // The batch is committed; a failed index pass only leaves a longer tail to scan.
-            if let Err(e) = commit::index_users(conn, Some(lag)) {
-                tracing::warn!(error = %e, "indexing the users of new events failed; retrying later");
-            }
-            Ok(outcome)
+            commit::commit_batch(conn, &group, &rows, &offsets, &mut known, &index)
         })
         .await
     }
@@ -693,7 +690,6 @@ impl Warehouse for SqliteWarehouse {
                 }
             }
         }
-        self.write(|conn| commit::index_users(conn, None)).await?;
         self.write(|conn| conn.execute_batch("PRAGMA optimize").map_err(sqlite_error))
             .await
     }
@@ -808,7 +804,8 @@ impl Warehouse for SqliteWarehouse {
     ) -> Result<Vec<Event>, StoreError> {
         let source = source.to_string();
         let user = user.clone();
-        self.read(move |conn| query::user_events(conn, &source, &user, limit))
+        let index = self.inner.ids.clone();
+        self.read(move |conn| query::user_events(conn, index.as_deref(), &source, &user, limit))
             .await
     }
 

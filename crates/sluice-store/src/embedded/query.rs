@@ -156,8 +156,15 @@ pub(crate) fn active_users(
     })
 }
 
+/// A user's newest `limit` events, newest first (ties by event id, descending, as PostgreSQL
+/// orders them). Two parts (see `ids.rs`): the entries of the user index up to its `through`,
+/// newest first, each event read by rowid and checked against the entry — until `limit` of
+/// them are found and the next entry is older than the last found (ties go on); and the events
+/// after `through`, scanned. One read transaction: both parts see the same snapshot, which is
+/// at least as new as `through`. Without an index (opened shared), all of `events` is the scan.
 pub(crate) fn user_events(
     conn: &Connection,
+    index: Option<&IdIndex>,
     source: &str,
     user: &UserRef,
     limit: u32,
@@ -165,18 +172,58 @@ pub(crate) fn user_events(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let (stmt_sql, key) = match user {
-        UserRef::UserId(id) => (sql::USER_EVENTS_BY_USER_ID, id),
-        UserRef::AnonymousId(id) => (sql::USER_EVENTS_BY_ANONYMOUS_ID, id),
+    let (after_sql, key, anonymous) = match user {
+        UserRef::UserId(id) => (sql::USER_EVENTS_AFTER_BY_USER_ID, id, false),
+        UserRef::AnonymousId(id) => (sql::USER_EVENTS_AFTER_BY_ANONYMOUS_ID, id, true),
     };
-    let mut stmt = conn.prepare_cached(stmt_sql).map_err(sqlite_error)?;
-    let mut rows = stmt
-        .query(params![source, key, i64::from(limit)])
-        .map_err(sqlite_error)?;
+    let through = index.map(IdIndex::through).transpose()?.unwrap_or(0);
+    let tx = conn.unchecked_transaction().map_err(sqlite_error)?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(sqlite_error)? {
-        out.push(read_event(row)?);
+    {
+        let mut stmt = tx.prepare_cached(after_sql).map_err(sqlite_error)?;
+        let mut rows = stmt
+            .query(params![source, key, through])
+            .map_err(sqlite_error)?;
+        while let Some(row) = rows.next().map_err(sqlite_error)? {
+            out.push(read_event(row)?);
+        }
     }
+    if let Some(index) = index {
+        let mut by_rowid = tx
+            .prepare_cached(sql::EVENT_BY_ROWID)
+            .map_err(sqlite_error)?;
+        let (mut found, mut last_ts) = (0u32, i64::MAX);
+        for entry in index.newest_user_entries(&ids::user_prefix(source, anonymous, key)) {
+            let (ts, rowid) = entry?;
+            if rowid > through {
+                continue; // committed after `through` was read: the scan above has it
+            }
+            if found >= limit && ts < last_ts {
+                break;
+            }
+            let mut rows = by_rowid.query(params![rowid]).map_err(sqlite_error)?;
+            let Some(row) = rows.next().map_err(sqlite_error)? else {
+                continue; // deleted by retention
+            };
+            let event = read_event(row)?;
+            let owner = if anonymous {
+                &event.anonymous_id
+            } else {
+                &event.user_id
+            };
+            if event.source == source
+                && owner.as_ref() == Some(key)
+                && micros(event.timestamp) == ts
+            {
+                out.push(event);
+                found += 1;
+                last_ts = ts;
+            }
+        }
+    }
+    tx.finish().map_err(sqlite_error)?;
+    out.sort_unstable_by(|a, b| (b.timestamp, &b.event_id).cmp(&(a.timestamp, &a.event_id)));
+    out.truncate(limit as usize);
     Ok(out)
 }
 

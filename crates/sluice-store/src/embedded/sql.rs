@@ -17,8 +17,8 @@ PRAGMA foreign_keys = OFF;
 PRAGMA temp_store = MEMORY;
 ";
 
-/// The writer: an 8 MiB page cache (with the user index built in bulk, commits touch few pages
-/// besides the appended ones: `commit_throughput` of 2M events in batches of 5,000 was no
+/// The writer: an 8 MiB page cache (with the user index outside SQLite, commits touch few
+/// pages besides the appended ones: `commit_throughput` of 2M events in batches of 5,000 was no
 /// slower than with 16 MiB, and 32 MiB no faster at 50,000 events/s); no checkpoints of its own
 /// (a separate thread runs them, see `Checkpointer`), and the WAL file truncated back to 64 MB
 /// after a checkpoint resets it.
@@ -155,65 +155,29 @@ macro_rules! event_columns {
     };
 }
 
-/// A user's newest events: ?1 source, ?2 the user's `user_id` (`anonymous_id` for the
-/// `…_ANONYMOUS_ID` form), ?3 the limit (at least 1). Two parts, see
-/// `0006_deferred_user_index.sql`: the indexed events (`user_index`, rowid ≤ `through`), of which
-/// only the newest ?3 by `ts` — and every entry tied with the last of them — can be in the
-/// answer; and the tail not indexed yet, scanned by rowid. Both parts re-check the event's own
-/// columns, so an index entry can never return another user's event.
-macro_rules! user_events {
-    ($column:literal, $anonymous:literal) => {
+/// The events of a user not in the user index yet (rowid > ?3, see `ids.rs`): ?1 source, ?2
+/// the user's `user_id` (`anonymous_id` for the `…_ANONYMOUS_ID` form). Scanned by rowid: the
+/// rows not indexed are only those of a commit being indexed, or all of them in a warehouse
+/// opened shared.
+macro_rules! user_events_after {
+    ($column:literal) => {
         concat!(
             "SELECT ",
             event_columns!(),
-            " FROM events WHERE rowid IN (
-    SELECT event_rowid FROM user_index
-    WHERE source = ?1 AND anonymous = ",
-            $anonymous,
-            " AND user_key = ?2 AND ts >= coalesce((
-        SELECT ts FROM user_index
-        WHERE source = ?1 AND anonymous = ",
-            $anonymous,
-            " AND user_key = ?2
-        ORDER BY ts DESC LIMIT 1 OFFSET ?3 - 1
-    ), -9223372036854775808)
-) AND source = ?1 AND ",
+            " FROM events WHERE rowid > ?3 AND source = ?1 AND ",
             $column,
-            " = ?2
-UNION ALL
-SELECT ",
-            event_columns!(),
-            " FROM events
-WHERE rowid > (SELECT through FROM user_index_state) AND source = ?1 AND ",
-            $column,
-            " = ?2
-ORDER BY ts DESC, event_id DESC LIMIT ?3"
+            " = ?2"
         )
     };
 }
 
-pub(crate) const USER_EVENTS_BY_USER_ID: &str = user_events!("user_id", "0");
+pub(crate) const USER_EVENTS_AFTER_BY_USER_ID: &str = user_events_after!("user_id");
 
-pub(crate) const USER_EVENTS_BY_ANONYMOUS_ID: &str = user_events!("anonymous_id", "1");
+pub(crate) const USER_EVENTS_AFTER_BY_ANONYMOUS_ID: &str = user_events_after!("anonymous_id");
 
-// --- the user index (0006_deferred_user_index.sql) ---------------------------------------------
-
-/// Rows inserted since the last index pass: (through, the largest rowid).
-pub(crate) const USER_INDEX_TAIL: &str =
-    "SELECT through, (SELECT coalesce(max(rowid), 0) FROM events) FROM user_index_state";
-
-/// Index the events with rowid in `(?1, ?2]`, in key order: each leaf page of `user_index` is
-/// visited once per pass, however many of the tail's events land on it.
-pub(crate) const USER_INDEX_ADD: &str = "
-INSERT OR IGNORE INTO user_index (source, anonymous, user_key, ts, event_rowid)
-SELECT source, 0, user_id, ts, rowid FROM events
-WHERE rowid > ?1 AND rowid <= ?2 AND user_id IS NOT NULL
-UNION ALL
-SELECT source, 1, anonymous_id, ts, rowid FROM events
-WHERE rowid > ?1 AND rowid <= ?2 AND anonymous_id IS NOT NULL
-ORDER BY 1, 2, 3, 4, 5";
-
-pub(crate) const USER_INDEX_SET_THROUGH: &str = "UPDATE user_index_state SET through = ?1";
+/// One event by rowid (a user-index entry's).
+pub(crate) const EVENT_BY_ROWID: &str =
+    concat!("SELECT ", event_columns!(), " FROM events WHERE rowid = ?1");
 
 /// The ids of ?1's events (a scan: a warehouse opened shared has no dedupe index to ask).
 pub(crate) const SCAN_EVENT_IDS: &str = "SELECT event_id FROM events WHERE source = ?1";
@@ -238,18 +202,16 @@ WHERE source = ?1 AND event_id >= ?2";
 /// The largest rowid of `events` (0: none): how far the dedupe index must cover.
 pub(crate) const LAST_EVENT_ROWID: &str = "SELECT coalesce(max(rowid), 0) FROM events";
 
-/// The ids of the events with rowids in `(?1, ?2]` received at or after ?3 (catching the
-/// dedupe index up).
-pub(crate) const EVENT_IDS_BETWEEN_ROWIDS: &str = "
-SELECT source, event_id, received_at FROM events
-WHERE rowid > ?1 AND rowid <= ?2 AND received_at >= ?3";
+/// What the indexes (`ids.rs`) keep of the events with rowids in `(?1, ?2]` (catching them up).
+pub(crate) const EVENTS_BETWEEN_ROWIDS: &str = "
+SELECT source, event_id, received_at, user_id, anonymous_id, ts, rowid FROM events
+WHERE rowid > ?1 AND rowid <= ?2";
 
 // --- maintenance ------------------------------------------------------------------------------
 
 /// Retention, one small batch per transaction: the rowids of up to ?2 events older than ?1 go
-/// into `temp.doomed`, their `user_index` entries are deleted, then the events; `through` is
-/// lowered to the largest remaining rowid, so that a rowid SQLite hands out again after the
-/// newest rows were deleted is in the tail, not taken for indexed.
+/// into `temp.doomed`; what their user-index entries are made of is read, then the events are
+/// deleted.
 pub(crate) const PRUNE_EVENTS_START: &str = "
 CREATE TEMP TABLE IF NOT EXISTS doomed (rid INTEGER PRIMARY KEY);
 DELETE FROM temp.doomed;";
@@ -262,17 +224,12 @@ pub(crate) const PRUNE_EVENTS_LAST_KEPT: &str = "
 SELECT coalesce((SELECT rowid FROM events WHERE rowid NOT IN (SELECT rid FROM temp.doomed)
                  ORDER BY rowid DESC LIMIT 1), 0)";
 
+pub(crate) const PRUNE_EVENTS_USERS: &str = "
+SELECT source, user_id, anonymous_id, ts, rowid FROM events
+WHERE rowid IN (SELECT rid FROM temp.doomed)";
+
 pub(crate) const PRUNE_EVENTS_DELETE: &str = "
-DELETE FROM user_index WHERE (source, anonymous, user_key, ts, event_rowid) IN (
-    SELECT source, 0, user_id, ts, rowid FROM events
-    WHERE rowid IN (SELECT rid FROM temp.doomed) AND user_id IS NOT NULL
-    UNION ALL
-    SELECT source, 1, anonymous_id, ts, rowid FROM events
-    WHERE rowid IN (SELECT rid FROM temp.doomed) AND anonymous_id IS NOT NULL
-);
 DELETE FROM events WHERE rowid IN (SELECT rid FROM temp.doomed);
-UPDATE user_index_state
-SET through = min(through, (SELECT coalesce(max(rowid), 0) FROM events));
 DELETE FROM temp.doomed;";
 
 /// Rows deleted per pruning statement; each is its own short transaction.

@@ -32,6 +32,24 @@ impl SqliteProbe {
         })
     }
 
+    /// The user index (`embedded/ids.rs`): its entries, its `through` and the largest rowid
+    /// of `events`.
+    pub async fn user_index(&self) -> Result<(usize, i64, i64), StoreError> {
+        let (entries, through) = self.warehouse()?.user_index_state().await?;
+        let last = self.with(|c| {
+            c.query_row("SELECT coalesce(max(rowid), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+        })?;
+        Ok((entries, through, last))
+    }
+
+    fn warehouse(&self) -> Result<SqliteWarehouse, StoreError> {
+        self.warehouse
+            .upgrade()
+            .ok_or_else(|| StoreError::Other("the probed warehouse is closed".into()))
+    }
+
     /// Run `f` on the probe's connection, for backend-specific checks.
     pub fn with<T>(
         &self,
@@ -182,10 +200,6 @@ impl Probe for SqliteProbe {
     }
 
     async fn age_dedupe(&self, by: Duration) -> Result<(), StoreError> {
-        self.warehouse
-            .upgrade()
-            .ok_or_else(|| StoreError::Other("the probed warehouse is closed".into()))?
-            .age_dedupe_records(by)
-            .await
+        self.warehouse()?.age_dedupe_records(by).await
     }
 }
