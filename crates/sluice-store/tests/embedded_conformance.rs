@@ -515,15 +515,17 @@ async fn user_queries_are_complete_with_any_part_of_the_user_index_built() {
 }
 
 /// A data directory from before the user index left SQLite (version 8: a `user_index` table,
-/// no `users` keyspace beside it) gets every event indexed when it opens.
+/// no `users` keyspace, ids keyed by their text, no format in `meta`) gets every event indexed
+/// again when it opens: users found, redeliveries still duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_data_directory_without_the_user_index_is_indexed_at_open() {
+async fn a_data_directory_with_an_older_index_layout_is_reindexed_at_open() {
     let dir = tempfile::tempdir().expect("temp dir");
     let open = || SqliteWarehouse::open(dir.path(), SqliteOptions::default());
     let want = {
         let wh = open().await.expect("open");
         let probe = SqliteProbe::open(&wh).expect("probe");
         conformance::query_user_events(&wh, &probe).await;
+        conformance::commit(&wh, &batch("r"), &[]).await;
         every_users_events(&wh).await
     };
     {
@@ -534,6 +536,11 @@ async fn a_data_directory_without_the_user_index_is_indexed_at_open() {
             .keyspace("users", fjall::KeyspaceCreateOptions::default)
             .expect("users keyspace");
         index.delete_keyspace(users).expect("delete it");
+        let meta = index
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .expect("meta keyspace");
+        meta.remove("format").expect("forget the format");
+        index.persist(fjall::PersistMode::SyncAll).expect("persist");
     }
     let wh = open().await.expect("reopen");
     let probe = SqliteProbe::open(&wh).expect("probe");
@@ -541,6 +548,11 @@ async fn a_data_directory_without_the_user_index_is_indexed_at_open() {
     assert_eq!(through, last);
     assert!(entries as i64 > last, "indexed again: {entries}");
     assert_eq!(every_users_events(&wh).await, want);
+    assert_eq!(
+        conformance::commit(&wh, &batch("r"), &[]).await.inserted,
+        0,
+        "received within the window: still duplicates"
+    );
 }
 
 /// An entry whose event is gone (retention deleted the event, and the entry's delete failed or

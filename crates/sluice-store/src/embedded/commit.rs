@@ -115,7 +115,7 @@ pub(crate) fn commit_batch(
     let now = micros(Utc::now());
     // Claims, before the transaction: the index holds only committed ids, and this connection
     // is the only writer.
-    let keys: Vec<Vec<u8>> = rows
+    let keys: Vec<ids::IdKey> = rows
         .iter()
         .map(|r| ids::key(&r.source, &r.event_id))
         .collect();
@@ -128,7 +128,7 @@ pub(crate) fn commit_batch(
     let since = index.window_start();
     let mut previous: Option<&[u8]> = None;
     for &i in &by_key {
-        let k = keys[i].as_slice();
+        let k = &keys[i][..];
         claimed[i] = previous != Some(k) && !index.contains(k, since)?;
         previous = Some(k);
     }
@@ -221,7 +221,7 @@ pub(crate) fn commit_batch(
         let new = by_key
             .iter()
             .filter(|&&i| claimed[i])
-            .map(|&i| (keys[i].as_slice(), now));
+            .map(|&i| (&keys[i][..], now));
         if let Err(e) = index.record(new, user_entries.iter(), through, false) {
             // Committed all the same: the next commit catches the index up from `events` first.
             tracing::warn!(error = %e, "recording the batch in the warehouse's indexes failed");

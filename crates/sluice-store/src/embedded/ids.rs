@@ -82,6 +82,10 @@ const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 const CATCH_UP_CHUNK: usize = 10_000;
 
 const THROUGH: &[u8] = b"through";
+/// The layout of the keys, in `meta`. Absent: the first one (ids by their text, no user index),
+/// whose index is rebuilt from `events` at open.
+const FORMAT: &[u8] = b"format";
+const CURRENT_FORMAT: u32 = 2;
 /// The keyspace of ids; the compaction filter applies to it alone.
 const IDS: &str = "ids";
 /// The keyspace of the user index.
@@ -101,12 +105,18 @@ pub(crate) struct IdIndex {
     stale: AtomicBool,
 }
 
-/// The index key of one event.
-pub(crate) fn key(source: &str, event_id: &str) -> Vec<u8> {
+/// The dedupe index's key of one event: a 128-bit hash (XXH3) of the source (with its length in
+/// front) and the event id. The ids themselves (36 characters for a UUID) made the keys, and so
+/// what every compaction rewrites, twice as large; two ids of a source share a key with odds of
+/// about 10⁻¹⁹ even among 10¹⁰ ids, and anyone able to aim a collision at an event could send
+/// its id outright, with the same effect.
+pub(crate) type IdKey = [u8; 16];
+
+pub(crate) fn key(source: &str, event_id: &str) -> IdKey {
     let mut k = Vec::with_capacity(2 + source.len() + event_id.len());
     push_part(&mut k, source);
     k.extend_from_slice(event_id.as_bytes());
-    k
+    xxhash_rust::xxh3::xxh3_128(&k).to_be_bytes()
 }
 
 /// Appends `part` with its length (2 bytes) in front: parts of a key never run into each other.
@@ -251,7 +261,6 @@ impl IdIndex {
             .map_err(err)
         };
         let (ids, meta) = (ks(IDS)?, ks("meta")?);
-        let had_users = db.keyspace_exists(USERS);
         // Only read by prefix (no filters: nothing asks whether one key is there), and not
         // pinned beyond fjall's defaults: user queries are rare next to commits.
         let users = db
@@ -273,11 +282,16 @@ impl IdIndex {
             dir: dir.to_path_buf(),
             stale: AtomicBool::new(false),
         };
-        if !had_users && index.through()? > 0 {
-            // The users of the events already covered are not in it: index everything again
-            // (`catch_up`, when the warehouse opens).
-            tracing::info!("the user index is new in this data directory; indexing every event");
-            index.set_through(0)?;
+        let format = index.meta.get(FORMAT).map_err(|e| index.err(&e))?;
+        if format.as_deref() != Some(&CURRENT_FORMAT.to_be_bytes()[..]) {
+            if index.through()? > 0 {
+                // `catch_up`, when the warehouse opens, indexes every event again.
+                tracing::info!("the warehouse's indexes have an older layout; rebuilding them");
+                index.clear()?;
+            }
+            let mut batch = index.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&index.meta, FORMAT, &CURRENT_FORMAT.to_be_bytes()[..]);
+            batch.commit().map_err(|e| index.err(&e))?;
         }
         Ok(index)
     }
@@ -407,11 +421,14 @@ impl IdIndex {
         batch.commit().map_err(|e| self.err(&e))
     }
 
+    /// Empty every keyspace (`through` 0), keeping the format.
     fn clear(&self) -> Result<(), StoreError> {
         for ks in [&self.ids, &self.users, &self.meta] {
             ks.clear().map_err(|e| self.err(&e))?;
         }
-        Ok(())
+        self.meta
+            .insert(FORMAT, &CURRENT_FORMAT.to_be_bytes()[..])
+            .map_err(|e| self.err(&e))
     }
 }
 
@@ -442,13 +459,13 @@ pub(crate) fn catch_up(conn: &Connection, index: &IdIndex) -> Result<u64, StoreE
         .prepare(sql::EVENTS_BETWEEN_ROWIDS)
         .map_err(sqlite_error)?;
     let mut rows = stmt.query(params![through, last]).map_err(sqlite_error)?;
-    let mut ids: Vec<(Vec<u8>, i64)> = Vec::with_capacity(CATCH_UP_CHUNK);
+    let mut ids: Vec<(IdKey, i64)> = Vec::with_capacity(CATCH_UP_CHUNK);
     let mut users: Vec<UserEntry> = Vec::with_capacity(2 * CATCH_UP_CHUNK);
     let mut indexed = 0u64;
-    let flush = |ids: &mut Vec<(Vec<u8>, i64)>, users: &mut Vec<UserEntry>| {
+    let flush = |ids: &mut Vec<(IdKey, i64)>, users: &mut Vec<UserEntry>| {
         // `through` moves only at the end: until then a crash starts over from the same place.
         index.record(
-            ids.iter().map(|(k, at)| (k.as_slice(), *at)),
+            ids.iter().map(|(k, at)| (&k[..], *at)),
             users.drain(..),
             through,
             false,
@@ -598,7 +615,15 @@ mod tests {
     #[test]
     fn keys_keep_source_and_id_apart() {
         assert_ne!(key("ab", "c"), key("a", "bc"));
-        assert_eq!(key("s", "id"), b"\x00\x01sid".to_vec());
+        // The layout on disk: changing it needs a new CURRENT_FORMAT.
+        assert_eq!(
+            key("s", "id"),
+            xxhash_rust::xxh3::xxh3_128(b"\x00\x01sid").to_be_bytes()
+        );
+        assert_eq!(
+            &user_prefix("s", true, "u")[..],
+            &xxhash_rust::xxh3::xxh3_64(b"\x00\x01s\x01\x00\x01u").to_be_bytes()[..]
+        );
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -642,7 +667,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let index = IdIndex::open(dir.path(), HOUR).expect("open");
         let now = now_us();
-        let keys: Vec<Vec<u8>> = (0..2_000).map(|i| key("s", &format!("id-{i}"))).collect();
+        let keys: Vec<IdKey> = (0..2_000).map(|i| key("s", &format!("id-{i}"))).collect();
         // Even ids were seen two hours ago, odd ones now.
         let seen = |i: usize| {
             if i.is_multiple_of(2) {
