@@ -42,11 +42,10 @@
 //! or a crash came in between) is skipped by the query, which checks every event it reads
 //! against the entry.
 //!
-//! Keyspaces: `ids` (key → when it was seen, µs; a key is the source's length (2 bytes), the
-//! source and the event id), `users` ([`user_entry`] → nothing; 24 bytes) and `meta`
-//! (`through`). A data
-//! directory from before the user index moved here has no `users`: opening it indexes every
-//! event again.
+//! Keyspaces: `ids` ([`key`], a 16-byte hash of source and event id → when it was seen, µs),
+//! `users` ([`user_entry`], 24 bytes → nothing) and `meta` (`through`, the key layout). A data
+//! directory with an older layout (ids by their text, no `users`: before the user index moved
+//! here) is emptied at open and indexed again from `events`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
