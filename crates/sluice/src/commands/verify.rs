@@ -123,7 +123,6 @@ pub struct Settled {
     pub missing: u64,
     pub duplicates: u64,
     pub unacked_landed: u64,
-    pub waited: Duration,
 }
 
 /// Wait until the warehouse holds every acked event of the run (or `timeout`), then count.
@@ -166,7 +165,6 @@ pub async fn settle(
                 missing: acked.saturating_sub(landed_acked),
                 duplicates: rows - distinct,
                 unacked_landed: late_unacked,
-                waited: started.elapsed(),
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
