@@ -7,7 +7,7 @@
 //! - `sql`: every SQL statement;
 //! - `migrate`: embedded migrations (`migrations/sqlite/*.sql`);
 //! - `commit`: the one-transaction batch commit and alert commit;
-//! - `ids`: the dedupe index (fjall), derived from `events`;
+//! - `ids`: the dedupe index and the user index (fjall), derived from `events`;
 //! - `keys`: API keys;
 //! - `query`: the query API's reads and the verification look-ups.
 //!
@@ -42,7 +42,7 @@ use tokio::sync::Semaphore;
 pub const DATABASE_FILE: &str = "warehouse.sqlite3";
 /// File name of the lock file inside the data directory.
 pub const LOCK_FILE: &str = "warehouse.lock";
-/// Directory of the dedupe index inside the data directory.
+/// Directory of the dedupe and user indexes inside the data directory.
 pub const ID_INDEX_DIR: &str = "warehouse-ids";
 
 /// How hard a commit is pushed to disk (SQLite `PRAGMA synchronous`, in WAL mode).
