@@ -286,11 +286,8 @@ impl IdIndex {
             if index.through()? > 0 {
                 // `catch_up`, when the warehouse opens, indexes every event again.
                 tracing::info!("the warehouse's indexes have an older layout; rebuilding them");
-                index.clear()?;
             }
-            let mut batch = index.db.batch().durability(Some(PersistMode::SyncAll));
-            batch.insert(&index.meta, FORMAT, &CURRENT_FORMAT.to_be_bytes()[..]);
-            batch.commit().map_err(|e| index.err(&e))?;
+            index.clear()?;
         }
         Ok(index)
     }
@@ -420,14 +417,17 @@ impl IdIndex {
         batch.commit().map_err(|e| self.err(&e))
     }
 
-    /// Empty every keyspace (`through` 0), keeping the format.
+    /// Empty the index, in the current layout. `through` goes to 0 first, durably: should a
+    /// crash come part way, the index left catches up from the first event.
     fn clear(&self) -> Result<(), StoreError> {
-        for ks in [&self.ids, &self.users, &self.meta] {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&self.meta, THROUGH, &sortable(0)[..]);
+        batch.insert(&self.meta, FORMAT, &CURRENT_FORMAT.to_be_bytes()[..]);
+        batch.commit().map_err(|e| self.err(&e))?;
+        for ks in [&self.ids, &self.users] {
             ks.clear().map_err(|e| self.err(&e))?;
         }
-        self.meta
-            .insert(FORMAT, &CURRENT_FORMAT.to_be_bytes()[..])
-            .map_err(|e| self.err(&e))
+        Ok(())
     }
 }
 
@@ -444,7 +444,7 @@ pub(crate) fn catch_up(conn: &Connection, index: &IdIndex) -> Result<u64, StoreE
         tracing::warn!(
             index = through,
             events = last,
-            "the dedupe index is ahead of the warehouse (commits lost?); rebuilding it"
+            "the warehouse's indexes are ahead of its events (commits lost?); rebuilding them"
         );
         index.clear()?;
         through = 0;
