@@ -532,13 +532,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // run's events reads them all (a scan, on an embedded warehouse opened beside serve)
         // and would take CPU from the pipeline still catching up.
         let freshness = freshness.await.context("the freshness poller panicked")?;
+        // One deadline for both waits (the count runs at least once).
         let settled = verify::settle(
             store.as_ref(),
             source,
             &run_id,
             acked,
             &unacked,
-            args.verify_timeout,
+            args.verify_timeout.saturating_sub(waiting.elapsed()),
         )
         .await?;
         if let Some(obj) = summary.as_object_mut() {
