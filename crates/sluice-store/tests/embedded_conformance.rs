@@ -495,13 +495,7 @@ async fn user_queries_are_complete_with_any_part_of_the_user_index_built() {
     let want: Vec<String> = want.into_iter().map(|(_, id)| id).collect();
     let (_, through_now, last) = probe.user_index().await.expect("user index");
     assert_eq!((through_now, last), (through, through + 3));
-    let got: Vec<String> = wh
-        .user_events("s1", &UserRef::UserId("u7".into()), 6)
-        .await
-        .expect("user events")
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let got = user_event_ids(&wh, &UserRef::UserId("u7".into()), 6).await;
     assert_eq!(got, want);
     let split = every_users_events(&wh).await;
     assert_ne!(split, indexed, "the copies are found");
@@ -562,27 +556,25 @@ async fn user_queries_skip_entries_of_deleted_events() {
     let (_dir, wh, probe) = setup().await;
     conformance::query_user_events(&wh, &probe).await;
     let user = UserRef::UserId("u7".into());
-    let all: Vec<String> = wh
-        .user_events("s1", &user, 10_000)
-        .await
-        .expect("user events")
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let all = user_event_ids(&wh, &user, 10_000).await;
     assert!(all.len() > 10, "u7 has events: {}", all.len());
     for id in &all[..5] {
         probe
             .with(|c| c.execute("DELETE FROM events WHERE event_id = ?1", [id]))
             .expect("delete below the warehouse");
     }
-    let got: Vec<String> = wh
-        .user_events("s1", &user, 5)
+    let got = user_event_ids(&wh, &user, 5).await;
+    assert_eq!(got, all[5..10]);
+}
+
+/// The ids of `user`'s newest `limit` events of source "s1".
+async fn user_event_ids(wh: &SqliteWarehouse, user: &UserRef, limit: u32) -> Vec<String> {
+    wh.user_events("s1", user, limit)
         .await
         .expect("user events")
         .into_iter()
         .map(|e| e.event_id)
-        .collect();
-    assert_eq!(got, all[5..10]);
+        .collect()
 }
 
 /// The answers for every user and anonymous id of `conformance::query_events`, at two limits.
@@ -593,12 +585,9 @@ async fn every_users_events(wh: &SqliteWarehouse) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for user in users {
         for limit in [7, 10_000] {
-            let got = wh
-                .user_events("s1", &user, limit)
-                .await
-                .expect("user events");
+            let got = user_event_ids(wh, &user, limit).await;
             assert!(!got.is_empty(), "{user:?} has events");
-            out.push(got.into_iter().map(|e| e.event_id).collect());
+            out.push(got);
         }
     }
     out

@@ -496,25 +496,15 @@ pub(crate) fn prune_events(
             .query_row(sql::PRUNE_EVENTS_LAST_KEPT, [], |r| r.get(0))
             .map_err(sqlite_error)?;
         index.lower_through(remaining)?;
-        let mut stmt = tx
-            .prepare_cached(sql::PRUNE_EVENTS_USERS)
-            .map_err(sqlite_error)?;
-        let mut rows = stmt.query([]).map_err(sqlite_error)?;
-        while let Some(r) = rows.next().map_err(sqlite_error)? {
-            let e = sqlite_error;
-            let source: String = r.get(0).map_err(e)?;
-            let user_id: Option<String> = r.get(1).map_err(e)?;
-            let anonymous_id: Option<String> = r.get(2).map_err(e)?;
-            entries.extend(ids::user_entries(
-                &source,
-                user_id.as_deref(),
-                anonymous_id.as_deref(),
-                r.get(3).map_err(e)?,
-                r.get(4).map_err(e)?,
-            ));
+        {
+            let mut stmt = tx
+                .prepare_cached(sql::PRUNE_EVENTS_USERS)
+                .map_err(sqlite_error)?;
+            let mut rows = stmt.query([]).map_err(sqlite_error)?;
+            while let Some(r) = rows.next().map_err(sqlite_error)? {
+                entries.extend(ids::row_user_entries(r).map_err(sqlite_error)?);
+            }
         }
-        drop(rows);
-        drop(stmt);
         tx.execute_batch(sql::PRUNE_EVENTS_DELETE)
             .map_err(sqlite_error)?;
     }

@@ -177,6 +177,23 @@ pub(crate) fn user_entries(
     user.into_iter().chain(anonymous)
 }
 
+/// The user-index entries of an `events` row read as `source, user_id, anonymous_id, ts,
+/// rowid` (the first five columns).
+pub(crate) fn row_user_entries(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<impl Iterator<Item = UserEntry>> {
+    let source: String = r.get(0)?;
+    let user_id: Option<String> = r.get(1)?;
+    let anonymous_id: Option<String> = r.get(2)?;
+    Ok(user_entries(
+        &source,
+        user_id.as_deref(),
+        anonymous_id.as_deref(),
+        r.get(3)?,
+        r.get(4)?,
+    ))
+}
+
 /// A number (a time in µs, a rowid) as bytes that sort like the numbers (sign bit flipped).
 fn sortable(us: i64) -> [u8; 8] {
     ((us as u64) ^ (1 << 63)).to_be_bytes()
@@ -473,23 +490,15 @@ pub(crate) fn catch_up(conn: &Connection, index: &IdIndex) -> Result<u64, StoreE
         Ok::<_, StoreError>(())
     };
     while let Some(r) = rows.next().map_err(sqlite_error)? {
-        let e = sqlite_error;
-        let source: String = r.get(0).map_err(e)?;
-        let received_at: i64 = r.get(2).map_err(e)?;
+        users.extend(row_user_entries(r).map_err(sqlite_error)?);
+        let received_at: i64 = r.get(6).map_err(sqlite_error)?;
         if received_at >= cutoff {
-            let event_id: String = r.get(1).map_err(e)?;
-            ids.push((key(&source, &event_id), received_at));
+            let (source, event_id) = r
+                .get_ref(0)
+                .and_then(|s| Ok((s.as_str()?, r.get_ref(5)?.as_str()?)))
+                .map_err(sqlite_error)?;
+            ids.push((key(source, event_id), received_at));
         }
-        let user_id: Option<String> = r.get(3).map_err(e)?;
-        let anonymous_id: Option<String> = r.get(4).map_err(e)?;
-        let (ts, rowid): (i64, i64) = (r.get(5).map_err(e)?, r.get(6).map_err(e)?);
-        users.extend(user_entries(
-            &source,
-            user_id.as_deref(),
-            anonymous_id.as_deref(),
-            ts,
-            rowid,
-        ));
         indexed += 1;
         if indexed.is_multiple_of(CATCH_UP_CHUNK as u64) {
             flush(&mut ids, &mut users)?;

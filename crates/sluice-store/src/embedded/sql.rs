@@ -202,9 +202,10 @@ WHERE source = ?1 AND event_id >= ?2";
 /// The largest rowid of `events` (0: none): how far the dedupe index must cover.
 pub(crate) const LAST_EVENT_ROWID: &str = "SELECT coalesce(max(rowid), 0) FROM events";
 
-/// What the indexes (`ids.rs`) keep of the events with rowids in `(?1, ?2]` (catching them up).
+/// What the indexes (`ids.rs`) keep of the events with rowids in `(?1, ?2]` (catching them up):
+/// the columns of `ids::row_user_entries`, then the event id and when it was received.
 pub(crate) const EVENTS_BETWEEN_ROWIDS: &str = "
-SELECT source, event_id, received_at, user_id, anonymous_id, ts, rowid FROM events
+SELECT source, user_id, anonymous_id, ts, rowid, event_id, received_at FROM events
 WHERE rowid > ?1 AND rowid <= ?2";
 
 // --- maintenance ------------------------------------------------------------------------------
@@ -224,6 +225,7 @@ pub(crate) const PRUNE_EVENTS_LAST_KEPT: &str = "
 SELECT coalesce((SELECT rowid FROM events WHERE rowid NOT IN (SELECT rid FROM temp.doomed)
                  ORDER BY rowid DESC LIMIT 1), 0)";
 
+/// The columns of `ids::row_user_entries`.
 pub(crate) const PRUNE_EVENTS_USERS: &str = "
 SELECT source, user_id, anonymous_id, ts, rowid FROM events
 WHERE rowid IN (SELECT rid FROM temp.doomed)";
