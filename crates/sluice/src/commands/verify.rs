@@ -136,14 +136,18 @@ pub async fn settle(
 ) -> anyhow::Result<Settled> {
     let started = Instant::now();
     let prefix = format!("{run_id}-");
-    let mut unacked_landed = 0u64;
-    for chunk in unacked.chunks(2_000) {
-        unacked_landed += store
-            .stored_event_ids(source, chunk)
-            .await
-            .context("looking up unacked events")?
-            .len() as u64;
-    }
+    // One look-up of all of them: on an embedded warehouse opened beside `serve` each look-up
+    // is a scan of the events (the backends split long lists themselves).
+    let unacked_stored = || async {
+        Ok::<u64, anyhow::Error>(
+            store
+                .stored_event_ids(source, unacked)
+                .await
+                .context("looking up unacked events")?
+                .len() as u64,
+        )
+    };
+    let unacked_landed = unacked_stored().await?;
     loop {
         let (rows, distinct) = store
             .count_by_id_prefix(source, &prefix)
@@ -151,14 +155,7 @@ pub async fn settle(
             .context("counting the run's events")?;
         // Unacked events may still land late; recount them at the end.
         if distinct >= acked + unacked_landed || started.elapsed() > timeout {
-            let mut late_unacked = 0u64;
-            for chunk in unacked.chunks(2_000) {
-                late_unacked += store
-                    .stored_event_ids(source, chunk)
-                    .await
-                    .context("looking up unacked events")?
-                    .len() as u64;
-            }
+            let late_unacked = unacked_stored().await?;
             let landed_acked = distinct.saturating_sub(late_unacked);
             return Ok(Settled {
                 landed: distinct,
