@@ -6,7 +6,9 @@
 //!                                  └─ poison, or delivered > max ─▶ dead_letter (reason, acked)
 //! ```
 //! Reading the next batch, decoding the one before and committing the one before that overlap;
-//! each channel holds one batch, so memory is bounded by a few batches whatever the backlog. An
+//! the entries read and not yet committed hold at most `max_inflight_bytes` of payload between
+//! them (the reader waits for room), so memory is bounded whatever the backlog and however large
+//! the events — and small, should the warehouse pause while the log is far ahead. An
 //! entry is acknowledged only after the processor committed its effects; a crash anywhere before
 //! the ack means redelivery, which processors make harmless (the warehouse dedupes inside its
 //! transaction).
@@ -33,7 +35,7 @@ use bytes::Bytes;
 use sluice_core::log::{Entry, EventLog, LogError, RangeStart, StartFrom};
 use sluice_core::metrics as names;
 use sluice_core::warehouse::{ShardPosition, Warehouse};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// How a consumer reads.
 #[derive(Debug, Clone)]
@@ -64,6 +66,10 @@ pub struct ConsumerConfig {
     /// worked off in fewer, larger transactions, which a single-writer warehouse (SQLite, whose
     /// cost per commit grows with the pages it touches, not the rows) needs to keep up.
     pub commit_batches: usize,
+    /// Most payload bytes of entries read and not yet committed (whether waiting to be decoded,
+    /// decoded and queued, or committing); the reader waits until a commit frees room. A batch
+    /// larger than all of it is read alone.
+    pub max_inflight_bytes: usize,
 }
 
 impl ConsumerConfig {
@@ -80,6 +86,7 @@ impl ConsumerConfig {
             start_from: StartFrom::Beginning,
             commit_concurrency: 2,
             commit_batches: 4,
+            max_inflight_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -159,6 +166,9 @@ pub trait Processor: Send + Sync + 'static {
 struct Batch<T> {
     entries: Vec<Entry>,
     items: Vec<T>,
+    /// The batch's share of `max_inflight_bytes`, given back when the batch is dropped (after
+    /// its commit and ack). None for batches read outside the pipeline.
+    room: Option<OwnedSemaphorePermit>,
 }
 
 impl<T> Batch<T> {
@@ -166,7 +176,23 @@ impl<T> Batch<T> {
     fn append(&mut self, mut later: Batch<T>) {
         self.entries.append(&mut later.entries);
         self.items.append(&mut later.items);
+        match (&mut self.room, later.room) {
+            (Some(room), Some(more)) => room.merge(more),
+            (room @ None, more) => *room = more,
+            (Some(_), None) => {}
+        }
     }
+}
+
+/// Units of `max_inflight_bytes` the reader takes per batch: KiB, at least one, at most all.
+const ROOM_UNIT: usize = 1024;
+
+/// How much room a batch of `entries` takes of a budget of `total` units.
+fn room_for(entries: &[Entry], total: u32) -> u32 {
+    let bytes: usize = entries.iter().map(|e| e.payload.len()).sum();
+    u32::try_from(bytes.div_ceil(ROOM_UNIT))
+        .unwrap_or(u32::MAX)
+        .clamp(1, total)
 }
 
 /// Ordering key of a log id (unparseable ids sort first).
@@ -349,7 +375,7 @@ impl<P: Processor> Worker<P> {
         // Reading, decoding and committing are three stages, each one batch ahead of the next
         // (decoded batches queue up to `commit_batches` for group commit), so the log's round
         // trips, the decoding and the commits overlap on separate cores.
-        let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<Entry>>(1);
+        let (raw_tx, mut raw_rx) = mpsc::channel::<(Vec<Entry>, OwnedSemaphorePermit)>(1);
         let commit_batches = self.config.commit_batches.max(1);
         let (tx, mut rx) = mpsc::channel::<Batch<P::Item>>(commit_batches);
         let reader = {
@@ -369,8 +395,8 @@ impl<P: Processor> Worker<P> {
             let (group, max_deliveries, stop) =
                 (group.clone(), self.config.max_deliveries, stop_rx.clone());
             tokio::spawn(async move {
-                while let Some(entries) = raw_rx.recv().await {
-                    let Some(batch) = decode_batch(
+                while let Some((entries, room)) = raw_rx.recv().await {
+                    let Some(mut batch) = decode_batch(
                         processor.as_ref(),
                         log.as_ref(),
                         &group,
@@ -383,6 +409,7 @@ impl<P: Processor> Worker<P> {
                     else {
                         return;
                     };
+                    batch.room = Some(room);
                     if !batch.entries.is_empty() && tx.send(batch).await.is_err() {
                         return;
                     }
@@ -601,6 +628,7 @@ async fn decode_batch<P: Processor>(
     let mut batch = Batch {
         entries: Vec::with_capacity(entries.len()),
         items: Vec::with_capacity(entries.len()),
+        room: None,
     };
     let mut poison: Vec<(Entry, String)> = Vec::new();
     for mut entry in entries {
@@ -661,7 +689,14 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(self, tx: mpsc::Sender<Vec<Entry>>, stop: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        tx: mpsc::Sender<(Vec<Entry>, OwnedSemaphorePermit)>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let total = u32::try_from((self.config.max_inflight_bytes / ROOM_UNIT).max(1))
+            .unwrap_or(u32::MAX);
+        let room = Arc::new(Semaphore::new(total as usize));
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut next_claim = Instant::now() + self.config.claim_every;
         let mut next_trim = self.config.trim_every.map(|every| Instant::now() + every);
@@ -712,7 +747,16 @@ impl Reader {
             if entries.is_empty() {
                 continue;
             }
-            if tx.send(entries).await.is_err() {
+            // Wait for earlier batches' commits to free room (the semaphore is never closed).
+            let mut stopping = stop.clone();
+            let taken = tokio::select! {
+                taken = Arc::clone(&room).acquire_many_owned(room_for(&entries, total)) => taken,
+                _ = stopping.wait_for(|s| *s) => return,
+            };
+            let Ok(taken) = taken else {
+                return;
+            };
+            if tx.send((entries, taken)).await.is_err() {
                 return;
             }
         }

@@ -567,35 +567,58 @@ impl sluice_worker::Processor for GatedProcessor {
     }
 }
 
+/// An embedded log of one shard in `dir`.
+async fn one_shard_log(dir: &tempfile::TempDir) -> Arc<dyn EventLog> {
+    let mut log_config = sluice_stream::EmbeddedLogConfig::new(dir.path().join("log"));
+    log_config.shards = 1;
+    Arc::new(
+        sluice_stream::EmbeddedLog::open(log_config)
+            .await
+            .expect("open log"),
+    )
+}
+
+/// Append the numbers of `range` (what [`GatedProcessor`] decodes), each zero-padded to `width`
+/// digits.
+async fn append_numbers(log: &Arc<dyn EventLog>, range: std::ops::Range<u64>, width: usize) {
+    log.append(
+        range
+            .map(|i| Record {
+                shard: 0,
+                payload: Bytes::from(format!("{i:0width$}")),
+            })
+            .collect(),
+    )
+    .await
+    .expect("append");
+}
+
+/// The committed numbers once `total` are, in commit order.
+async fn wait_committed(processor: &GatedProcessor, total: u64) -> Vec<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let commits = processor.commits.lock().expect("commits").clone();
+        let done: usize = commits.iter().map(Vec::len).sum();
+        if done as u64 >= total {
+            return commits;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done}/{total} committed in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Group commit: while a commit is slow, the batches decoded meanwhile queue, and the next
 /// commit takes them together (at most `commit_batches` batches), in log order; every entry is
 /// committed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_queued_behind_a_slow_commit_are_committed_together() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut log_config = sluice_stream::EmbeddedLogConfig::new(dir.path().join("log"));
-    log_config.shards = 1;
-    let log: Arc<dyn EventLog> = Arc::new(
-        sluice_stream::EmbeddedLog::open(log_config)
-            .await
-            .expect("open log"),
-    );
+    let log = one_shard_log(&dir).await;
     let total = 2_000u64;
-    let append = |range: std::ops::Range<u64>| {
-        let log = log.clone();
-        async move {
-            log.append(
-                range
-                    .map(|i| Record {
-                        shard: 0,
-                        payload: Bytes::from(i.to_string()),
-                    })
-                    .collect(),
-            )
-            .await
-            .expect("append");
-        }
-    };
+    let append = |range| append_numbers(&log, range, 0);
     // One batch first: the first commit cannot take more than it, however the tasks are
     // scheduled.
     append(0..100).await;
@@ -631,28 +654,10 @@ async fn batches_queued_behind_a_slow_commit_are_committed_together() {
         .expect("four batches decoded within 20 s")
         .expect("decoded counter");
     open.send(true).expect("open the gate");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let done: usize = processor
-            .commits
-            .lock()
-            .expect("commits")
-            .iter()
-            .map(Vec::len)
-            .sum();
-        if done as u64 >= total {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done}/{total} committed in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let commits = wait_committed(&processor, total).await;
     let _ = stop.send(());
     task.await.expect("join").expect("worker");
 
-    let commits = processor.commits.lock().expect("commits").clone();
     let sizes: Vec<usize> = commits.iter().map(Vec::len).collect();
     assert_eq!(sizes[0], 100, "the first batch commits alone: {sizes:?}");
     assert!(
@@ -660,6 +665,59 @@ async fn batches_queued_behind_a_slow_commit_are_committed_together() {
         "the commit after the slow one takes the 2–4 queued batches: {sizes:?}"
     );
     assert!(sizes.iter().all(|&s| s <= 400), "{sizes:?}");
+    let all: Vec<u64> = commits.into_iter().flatten().collect();
+    assert_eq!(all, (0..total).collect::<Vec<_>>(), "in order, each once");
+}
+
+/// `max_inflight_bytes`: while a commit is held, the reader takes only as many entries as fit in
+/// the budget (here three batches of ~98 KiB in 300 KiB), however far ahead the log is; once
+/// commits free room, everything is committed in order, each entry once, no commit larger than
+/// the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_waits_for_room_while_commits_hold_the_in_flight_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = one_shard_log(&dir).await;
+    let total = 2_000u64;
+    append_numbers(&log, 0..total, 1_000).await;
+
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let (decoded, mut decoded_rx) = tokio::sync::watch::channel(0usize);
+    let (entered, _) = tokio::sync::watch::channel(0usize);
+    let processor = Arc::new(GatedProcessor {
+        gate,
+        decoded,
+        entered,
+        commits: std::sync::Mutex::new(Vec::new()),
+    });
+    let mut config = consumer("budget-1");
+    config.batch_size = 100;
+    config.commit_concurrency = 1;
+    config.commit_batches = 8;
+    config.max_inflight_bytes = 300 * 1024;
+    let worker = Worker::new(log.clone(), processor.clone(), config);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+
+    tokio::time::timeout(Duration::from_secs(20), decoded_rx.wait_for(|n| *n >= 300))
+        .await
+        .expect("three batches decoded within 20 s")
+        .expect("decoded counter");
+    // Without the budget the channels alone let ten batches in.
+    let more = tokio::time::timeout(Duration::from_secs(1), decoded_rx.wait_for(|n| *n > 300));
+    assert!(
+        more.await.is_err(),
+        "read past the budget while the commit is held: {} decoded",
+        *decoded_rx.borrow()
+    );
+    open.send(true).expect("open the gate");
+    let commits = wait_committed(&processor, total).await;
+    let _ = stop.send(());
+    task.await.expect("join").expect("worker");
+
+    let sizes: Vec<usize> = commits.iter().map(Vec::len).collect();
+    assert!(sizes.iter().all(|&s| s <= 300), "{sizes:?}");
     let all: Vec<u64> = commits.into_iter().flatten().collect();
     assert_eq!(all, (0..total).collect::<Vec<_>>(), "in order, each once");
 }

@@ -51,63 +51,63 @@ pub(crate) fn day_text(day: NaiveDate) -> String {
     day.format("%Y-%m-%d").to_string()
 }
 
-/// One event as the values of an `events` row.
-pub(crate) struct EventRow {
-    event_id: String,
-    source: String,
+/// One event as the values of an `events` row: its times in µs, its text borrowed.
+pub(crate) struct EventRow<'a> {
+    event_id: &'a str,
+    source: &'a str,
     kind: &'static str,
-    name: Option<String>,
-    user_id: Option<String>,
-    anonymous_id: Option<String>,
-    group_id: Option<String>,
-    previous_id: Option<String>,
+    name: Option<&'a str>,
+    user_id: Option<&'a str>,
+    anonymous_id: Option<&'a str>,
+    group_id: Option<&'a str>,
+    previous_id: Option<&'a str>,
     ts: i64,
     original_ts: Option<i64>,
     sent_at: Option<i64>,
     received_at: i64,
-    properties: String,
-    traits: String,
-    context: String,
-    integrations: String,
+    properties: &'a str,
+    traits: &'a str,
+    context: &'a str,
+    integrations: &'a str,
 }
 
-impl EventRow {
-    pub(crate) fn new(e: &Event) -> EventRow {
+impl<'a> EventRow<'a> {
+    pub(crate) fn new(e: &'a Event) -> EventRow<'a> {
         EventRow {
-            event_id: e.event_id.clone(),
-            source: e.source.clone(),
+            event_id: &e.event_id,
+            source: &e.source,
             kind: e.kind.as_str(),
-            name: e.name.clone(),
-            user_id: e.user_id.clone(),
-            anonymous_id: e.anonymous_id.clone(),
-            group_id: e.group_id.clone(),
-            previous_id: e.previous_id.clone(),
+            name: e.name.as_deref(),
+            user_id: e.user_id.as_deref(),
+            anonymous_id: e.anonymous_id.as_deref(),
+            group_id: e.group_id.as_deref(),
+            previous_id: e.previous_id.as_deref(),
             ts: micros(e.timestamp),
             original_ts: e.original_timestamp.map(micros),
             sent_at: e.sent_at.map(micros),
             received_at: micros(e.received_at),
-            properties: e.properties.as_str().to_owned(),
-            traits: e.traits.as_str().to_owned(),
-            context: e.context.as_str().to_owned(),
-            integrations: e.integrations.as_str().to_owned(),
+            properties: e.properties.as_str(),
+            traits: e.traits.as_str(),
+            context: e.context.as_str(),
+            integrations: e.integrations.as_str(),
         }
     }
 
     /// The rollup name rule, the same as PostgreSQL's: `coalesce(name, kind)`.
-    fn rollup_name(&self) -> &str {
-        self.name.as_deref().unwrap_or(self.kind)
+    fn rollup_name(&self) -> &'a str {
+        self.name.unwrap_or(self.kind)
     }
 
     /// `coalesce(user_id, anonymous_id)`.
-    fn user_key(&self) -> Option<&str> {
-        self.user_id.as_deref().or(self.anonymous_id.as_deref())
+    fn user_key(&self) -> Option<&'a str> {
+        self.user_id.or(self.anonymous_id)
     }
 }
 
 pub(crate) fn commit_batch(
     conn: &mut Connection,
     group: &str,
-    rows: &[EventRow],
+    rows: &[EventRow<'_>],
     offsets: &Offsets,
     known: &mut KnownUsers,
     index: &IdIndex,
@@ -117,7 +117,7 @@ pub(crate) fn commit_batch(
     // is the only writer.
     let keys: Vec<ids::IdKey> = rows
         .iter()
-        .map(|r| ids::key(&r.source, &r.event_id))
+        .map(|r| ids::key(r.source, r.event_id))
         .collect();
     // Looked up (and later recorded) in key order, each search of fjall's memtables starting
     // near the last one, in cache; the sort is stable, so of two events with one id the
@@ -170,17 +170,17 @@ pub(crate) fn commit_batch(
             let rowid = tx.last_insert_rowid();
             last_rowid = Some(rowid);
             user_entries.extend(ids::user_entries(
-                &r.source,
-                r.user_id.as_deref(),
-                r.anonymous_id.as_deref(),
+                r.source,
+                r.user_id,
+                r.anonymous_id,
                 r.ts,
                 rowid,
             ));
             *counts
-                .entry((minute_of(r.ts), r.source.as_str(), r.rollup_name()))
+                .entry((minute_of(r.ts), r.source, r.rollup_name()))
                 .or_default() += 1;
             if let Some(user) = r.user_key() {
-                users.insert((r.ts.div_euclid(DAY_US), r.source.as_str(), user));
+                users.insert((r.ts.div_euclid(DAY_US), r.source, user));
             }
         }
 
@@ -547,11 +547,15 @@ mod tests {
         assert_eq!(got, vec![(0, "3-0"), (1, "5-10")]);
     }
 
-    fn row(id: &str, user: &str) -> EventRow {
+    fn event(id: &str, user: &str) -> Event {
         let json = format!(
             r#"{{"event_id":"{id}","source":"s","kind":"track","name":"n","user_id":"{user}","timestamp":"2026-11-27T10:00:00Z","received_at":"2026-11-27T10:00:01Z"}}"#
         );
-        EventRow::new(&Event::from_json(json.as_bytes()).expect("valid event"))
+        Event::from_json(json.as_bytes()).expect("valid event")
+    }
+
+    fn rows(events: &[Event]) -> Vec<EventRow<'_>> {
+        events.iter().map(EventRow::new).collect()
     }
 
     fn daily_users(conn: &Connection) -> Vec<String> {
@@ -581,7 +585,8 @@ mod tests {
              BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
         )
         .expect("trigger");
-        let batch = [row("e1", "alice"), row("e2", "bob")];
+        let events = [event("e1", "alice"), event("e2", "bob")];
+        let batch = rows(&events);
         assert!(commit_batch(&mut conn, "g", &batch, &offsets, &mut known, &index).is_err());
         assert!(!known.contains(day_of_row(&batch[0]), "s", "alice"));
         assert!(daily_users(&conn).is_empty());
@@ -596,12 +601,13 @@ mod tests {
         assert!(known.contains(day_of_row(&batch[0]), "s", "bob"));
 
         // A known user's later events add no row and lose none.
-        let later = [row("e3", "alice"), row("e4", "carol")];
+        let events = [event("e3", "alice"), event("e4", "carol")];
+        let later = rows(&events);
         commit_batch(&mut conn, "g", &later, &offsets, &mut known, &index).expect("commit");
         assert_eq!(daily_users(&conn), ["alice", "bob", "carol"]);
     }
 
-    fn day_of_row(r: &EventRow) -> i64 {
+    fn day_of_row(r: &EventRow<'_>) -> i64 {
         r.ts.div_euclid(DAY_US)
     }
 

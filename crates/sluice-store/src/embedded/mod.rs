@@ -222,6 +222,34 @@ impl SqliteWarehouse {
         .map_err(join_error)?
     }
 
+    /// Run `f` with the writer connection and `events`, which it reads in place on a
+    /// multi-threaded runtime (the one `sluice serve` runs): the calling worker thread becomes
+    /// a blocking one for the time (`block_in_place`; tokio moves its other tasks to another).
+    /// Copying a group commit's events for the blocking pool instead held a second copy of up
+    /// to 20,000 events while the commit ran. On a current-thread runtime (where
+    /// `block_in_place` is not allowed) the events are copied and `f` runs on the blocking pool.
+    async fn write_events<T, F>(&self, events: &[Event], f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &[Event]) -> Result<T, StoreError> + Send + 'static,
+    {
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_threaded {
+            let events = events.to_vec();
+            return self.write(move |conn| f(conn, &events)).await;
+        }
+        let writer = &self.inner.writer;
+        tokio::task::block_in_place(|| {
+            // As on the blocking pool, a panic fails this commit, not the caller's task.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut conn = writer.lock().unwrap_or_else(PoisonError::into_inner);
+                f(&mut conn, events)
+            }))
+            .unwrap_or_else(|_| Err(StoreError::Other("warehouse commit panicked".into())))
+        })
+    }
+
     /// Run `f` with a read connection on the blocking pool.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -651,13 +679,11 @@ impl Warehouse for SqliteWarehouse {
         positions: &[ShardPosition],
     ) -> Result<CommitOutcome, StoreError> {
         let offsets = commit::Offsets::new(positions)?;
-        // Rows are built (JSON serialized) here, outside the writer lock, so a batch's
-        // preparation overlaps the previous batch's commit.
-        let rows: Vec<commit::EventRow> = events.iter().map(commit::EventRow::new).collect();
         let group = group.to_string();
         let known = Arc::clone(&self.inner.known_users);
         let index = self.id_index()?;
-        self.write(move |conn| {
+        self.write_events(events, move |conn, events| {
+            let rows: Vec<commit::EventRow<'_>> = events.iter().map(commit::EventRow::new).collect();
             let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
             if index.is_stale() {
                 ids::catch_up(conn, &index)?;

@@ -127,6 +127,10 @@ pub struct ConsumerArgs {
     /// batch is its own transaction).
     #[arg(long, env = "SLUICE_COMMIT_BATCHES", default_value_t = 4)]
     pub commit_batches: usize,
+    /// Most megabytes of event payloads read from the log and not yet committed; the reader
+    /// waits for room. Bounds the consumer's memory when the warehouse falls behind.
+    #[arg(long, env = "SLUICE_MAX_INFLIGHT_MB", default_value_t = 16)]
+    pub max_inflight_mb: usize,
     /// Deliveries after which an entry goes to the dead-letter stream.
     #[arg(long, env = "SLUICE_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
@@ -154,6 +158,10 @@ impl ConsumerArgs {
             anyhow::bail!("--commit-batches must be between 1 and 64");
         }
         c.commit_batches = self.commit_batches;
+        if self.max_inflight_mb == 0 || self.max_inflight_mb > 4096 {
+            anyhow::bail!("--max-inflight-mb must be between 1 and 4096");
+        }
+        c.max_inflight_bytes = self.max_inflight_mb * 1024 * 1024;
         Ok(c)
     }
 }
