@@ -694,8 +694,8 @@ impl Reader {
         tx: mpsc::Sender<(Vec<Entry>, OwnedSemaphorePermit)>,
         stop: watch::Receiver<bool>,
     ) {
-        let total = u32::try_from((self.config.max_inflight_bytes / ROOM_UNIT).max(1))
-            .unwrap_or(u32::MAX);
+        let total =
+            u32::try_from((self.config.max_inflight_bytes / ROOM_UNIT).max(1)).unwrap_or(u32::MAX);
         let room = Arc::new(Semaphore::new(total as usize));
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut next_claim = Instant::now() + self.config.claim_every;

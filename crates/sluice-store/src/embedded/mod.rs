@@ -683,7 +683,8 @@ impl Warehouse for SqliteWarehouse {
         let known = Arc::clone(&self.inner.known_users);
         let index = self.id_index()?;
         self.write_events(events, move |conn, events| {
-            let rows: Vec<commit::EventRow<'_>> = events.iter().map(commit::EventRow::new).collect();
+            let rows: Vec<commit::EventRow<'_>> =
+                events.iter().map(commit::EventRow::new).collect();
             let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
             if index.is_stale() {
                 ids::catch_up(conn, &index)?;
