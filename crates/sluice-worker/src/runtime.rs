@@ -845,6 +845,26 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_takes_room_by_its_payload_kib_within_the_budget() {
+        let sized = |n: usize| Entry {
+            payload: Bytes::from(vec![b'x'; n]),
+            ..entry(0, "1-0")
+        };
+        assert_eq!(room_for(&[sized(1)], 10), 1);
+        assert_eq!(room_for(&[sized(1024), sized(1)], 10), 2);
+        assert_eq!(
+            room_for(&[], 10),
+            1,
+            "never nothing: every batch waits its turn"
+        );
+        assert_eq!(
+            room_for(&[sized(100_000)], 10),
+            10,
+            "a batch larger than the budget takes all of it"
+        );
+    }
+
+    #[test]
     fn positions_take_the_numerically_last_id_per_shard() {
         let entries = [
             entry(0, "9-0"),
