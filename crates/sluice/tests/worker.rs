@@ -537,6 +537,28 @@ struct GatedProcessor {
     commits: std::sync::Mutex<Vec<Vec<u64>>>,
 }
 
+impl GatedProcessor {
+    /// The processor, the sender that opens its gate, and receivers of how many entries it
+    /// decoded and how many commits began.
+    fn new() -> (
+        Arc<GatedProcessor>,
+        tokio::sync::watch::Sender<bool>,
+        tokio::sync::watch::Receiver<usize>,
+        tokio::sync::watch::Receiver<usize>,
+    ) {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let (decoded, decoded_rx) = tokio::sync::watch::channel(0usize);
+        let (entered, entered_rx) = tokio::sync::watch::channel(0usize);
+        let processor = Arc::new(GatedProcessor {
+            gate,
+            decoded,
+            entered,
+            commits: std::sync::Mutex::new(Vec::new()),
+        });
+        (processor, open, decoded_rx, entered_rx)
+    }
+}
+
 #[async_trait]
 impl sluice_worker::Processor for GatedProcessor {
     type Item = u64;
@@ -623,15 +645,7 @@ async fn batches_queued_behind_a_slow_commit_are_committed_together() {
     // scheduled.
     append(0..100).await;
 
-    let (open, gate) = tokio::sync::watch::channel(false);
-    let (decoded, mut decoded_rx) = tokio::sync::watch::channel(0usize);
-    let (entered, mut entered_rx) = tokio::sync::watch::channel(0usize);
-    let processor = Arc::new(GatedProcessor {
-        gate,
-        decoded,
-        entered,
-        commits: std::sync::Mutex::new(Vec::new()),
-    });
+    let (processor, open, mut decoded_rx, mut entered_rx) = GatedProcessor::new();
     let mut config = consumer("gated-1");
     config.batch_size = 100;
     config.commit_concurrency = 1;
@@ -680,15 +694,7 @@ async fn reading_waits_for_room_while_commits_hold_the_in_flight_budget() {
     let total = 2_000u64;
     append_numbers(&log, 0..total, 1_000).await;
 
-    let (open, gate) = tokio::sync::watch::channel(false);
-    let (decoded, mut decoded_rx) = tokio::sync::watch::channel(0usize);
-    let (entered, _) = tokio::sync::watch::channel(0usize);
-    let processor = Arc::new(GatedProcessor {
-        gate,
-        decoded,
-        entered,
-        commits: std::sync::Mutex::new(Vec::new()),
-    });
+    let (processor, open, mut decoded_rx, _) = GatedProcessor::new();
     let mut config = consumer("budget-1");
     config.batch_size = 100;
     config.commit_concurrency = 1;
