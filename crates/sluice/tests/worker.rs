@@ -615,6 +615,23 @@ async fn append_numbers(log: &Arc<dyn EventLog>, range: std::ops::Range<u64>, wi
     .expect("append");
 }
 
+/// Run a worker of `processor` over `log` until the returned sender fires.
+fn spawn_gated(
+    log: &Arc<dyn EventLog>,
+    processor: &Arc<GatedProcessor>,
+    config: ConsumerConfig,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), LogError>>,
+) {
+    let worker = Worker::new(log.clone(), processor.clone(), config);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
 /// The committed numbers once `total` are, in commit order.
 async fn wait_committed(processor: &GatedProcessor, total: u64) -> Vec<Vec<u64>> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -650,11 +667,7 @@ async fn batches_queued_behind_a_slow_commit_are_committed_together() {
     config.batch_size = 100;
     config.commit_concurrency = 1;
     config.commit_batches = 4;
-    let worker = Worker::new(log.clone(), processor.clone(), config);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = spawn_gated(&log, &processor, config);
 
     // The first batch is held in its commit; the rest arrive, and once four batches are
     // decoded, the second and third at least are queued behind it.
@@ -700,17 +713,13 @@ async fn reading_waits_for_room_while_commits_hold_the_in_flight_budget() {
     config.commit_concurrency = 1;
     config.commit_batches = 8;
     config.max_inflight_bytes = 300 * 1024;
-    let worker = Worker::new(log.clone(), processor.clone(), config);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = spawn_gated(&log, &processor, config);
 
     tokio::time::timeout(Duration::from_secs(20), decoded_rx.wait_for(|n| *n >= 300))
         .await
         .expect("three batches decoded within 20 s")
         .expect("decoded counter");
-    // Without the budget the channels alone let ten batches in.
+    // Without the budget the channels alone let in up to eleven batches.
     let more = tokio::time::timeout(Duration::from_secs(1), decoded_rx.wait_for(|n| *n > 300));
     assert!(
         more.await.is_err(),
