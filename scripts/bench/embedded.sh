@@ -3,7 +3,8 @@
 # fresh data directory, `sluice bench --verify` at a target rate, serve's RSS sampled.
 # Usage: scripts/bench/embedded.sh RATE [DURATION] [extra serve flags...]
 # B=BINARY runs another build (serve and bench); BENCH=BINARY another build's load generator.
-# Keeps the RSS samples (every 0.5 s, MB: total, anonymous, file-backed) in /tmp/embedded-rss
+# Keeps the memory samples (every 0.5 s, MB: RSS total, anonymous, file-backed; the allocator's
+# heap in use and resident pages, from /metrics) in /tmp/embedded-rss
 # and serve's log in /tmp/embedded-serve.log; STOP_WAIT=SECONDS waits that long after stopping
 # serve before copying its log (for what it prints at exit, e.g. MALLOC_CONF=stats_print:true).
 set -euo pipefail
@@ -33,7 +34,11 @@ cpu() { awk '{print $14+$15}' /proc/$1/stat; }  # utime+stime, clock ticks
 TCK=$(getconf CLK_TCK)
 cpu0=$(cpu $SERVE)
 ( while kill -0 $SERVE 2>/dev/null; do
-    awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%d ", $2/1024} END {print ""}' /proc/$SERVE/status 2>/dev/null
+    { awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%d ", $2/1024}' /proc/$SERVE/status
+      curl -s "http://127.0.0.1:$PORT/metrics" |
+        awk '/^sluice_memory_(allocated|resident)_bytes / {m[$1] = int($2 / 1048576)}
+          END {printf "%s %s", m["sluice_memory_allocated_bytes"], m["sluice_memory_resident_bytes"]}'
+      echo; } 2>/dev/null
     sleep 0.5
   done ) > "$DATA/rss" &
 /usr/bin/time -f "bench CPU: %U s user + %S s system" -o "$DATA/bench.time" \
@@ -45,3 +50,4 @@ cat "$DATA/bench.time"
 echo "serve CPU: $(( (cpu1 - cpu0) / TCK )) s, $(( (cpu1 - cpu0) * 1000000 / TCK / (landed > 0 ? landed : 1) )) µs per landed event"
 grep -E "^(Rss|Anonymous|AnonHugePages|Shared_Clean|Private_Clean)" /proc/$SERVE/smaps_rollup | tr -s ' ' | paste -sd' '
 echo "serve RSS peak: $(sort -n "$DATA/rss" | tail -1 | cut -d' ' -f1) MB, last: $(tail -1 "$DATA/rss" | cut -d' ' -f1) MB (anon peak $(sort -n -k2 "$DATA/rss" | tail -1 | cut -d' ' -f2) MB, file peak $(sort -n -k3 "$DATA/rss" | tail -1 | cut -d' ' -f3) MB)"
+echo "heap (allocated) peak: $(sort -n -k4 "$DATA/rss" | tail -1 | cut -d' ' -f4) MB, mean $(awk 'NF >= 4 {s += $4; n++} END {printf "%d", n ? s / n : 0}' "$DATA/rss") MB; RSS mean $(awk 'NF >= 4 {s += $1; n++} END {printf "%d", n ? s / n : 0}' "$DATA/rss") MB"

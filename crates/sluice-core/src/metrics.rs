@@ -58,3 +58,11 @@ pub const LIVE_EVENTS_TOTAL: &str = "sluice_live_events_total";
 pub const LIVE_SLOW_CLIENTS_DROPPED_TOTAL: &str = "sluice_live_slow_clients_dropped_total";
 /// Counter: alerts pushed to the live view.
 pub const ALERTS_TOTAL: &str = "sluice_alerts_total";
+
+/// Gauge: bytes the allocator (jemalloc) has handed out and not had back: the heap in use.
+pub const MEMORY_ALLOCATED_BYTES: &str = "sluice_memory_allocated_bytes";
+/// Gauge: bytes in the allocator's physically resident pages (heap in use, free space within its
+/// pages, pages not yet returned to the kernel, its own metadata): most of the process's RSS.
+pub const MEMORY_RESIDENT_BYTES: &str = "sluice_memory_resident_bytes";
+/// Gauge: bytes of the allocator's own metadata (part of resident).
+pub const MEMORY_METADATA_BYTES: &str = "sluice_memory_metadata_bytes";

@@ -120,6 +120,21 @@ fn describe() {
         "Log entries moved to the dead-letter stream"
     );
     describe_gauge!(
+        names::MEMORY_ALLOCATED_BYTES,
+        Unit::Bytes,
+        "Heap in use: bytes allocated and not yet freed"
+    );
+    describe_gauge!(
+        names::MEMORY_RESIDENT_BYTES,
+        Unit::Bytes,
+        "Resident pages of the allocator: heap in use, free space within its pages, pages not yet returned, metadata"
+    );
+    describe_gauge!(
+        names::MEMORY_METADATA_BYTES,
+        Unit::Bytes,
+        "The allocator's own metadata"
+    );
+    describe_gauge!(
         names::LIVE_CLIENTS,
         "WebSocket clients connected to /v1/live"
     );

@@ -5,4 +5,5 @@
 
 pub mod backends;
 pub mod commands;
+pub mod memory;
 pub mod shutdown;

@@ -145,6 +145,52 @@ async fn first_start_prints_keys_and_the_pipeline_works() {
     assert_eq!(resp.status(), 200);
 }
 
+/// The value of an unlabelled sample in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_the_heap_and_the_pages_holding_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = Serve::start(dir.path());
+    let http = reqwest::Client::new();
+    // Refreshed every second from the start: wait for the first refresh.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (allocated, resident, metadata) = loop {
+        let text = http
+            .get(format!("{}/metrics", serve.base))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        let read = |name| sample(&text, name);
+        if let (Some(a), Some(r), Some(m)) = (
+            read("sluice_memory_allocated_bytes"),
+            read("sluice_memory_resident_bytes"),
+            read("sluice_memory_metadata_bytes"),
+        ) {
+            break (a, r, m);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no memory gauges in /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A serving process holds at least its memtables' and caches' first megabyte; the pages
+    // hold the heap and the allocator's metadata.
+    assert!(allocated > 1e6, "allocated {allocated}");
+    assert!(metadata > 0.0, "metadata {metadata}");
+    assert!(
+        resident >= allocated + metadata,
+        "resident {resident} < allocated {allocated} + metadata {metadata}"
+    );
+}
+
 #[tokio::test]
 async fn a_second_serve_on_the_same_data_dir_refuses() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -152,6 +152,7 @@ async fn run_api(
         keys.clone()
             .refresh_loop(store.clone(), KEY_REFRESH, shutdown.clone().wait()),
     );
+    tokio::spawn(crate::memory::gauges(shutdown.clone().wait()));
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
