@@ -1,7 +1,8 @@
 //! The fraud detector's memory at a steady rate, without IO: `sluice bench`'s event shape
 //! (5,000 users, 12 names, unique ids) fed through [`Detector::observe`] with the default rules.
-//! `cargo run --release -p sluice-worker --example fraud_memory -- [events_per_sec] [seconds]`
-//! (defaults 50,000 and 30). Prints one JSON line: subjects and event ids held, alerts, and the
+//! `cargo run --release -p sluice-worker --example fraud_memory -- [events_per_sec] [seconds]
+//! [users]` (defaults 50,000, 30 and 5,000: `sluice bench`'s users; more users at the same rate
+//! means more subjects, each with fewer events). Prints one JSON line: subjects and event ids held, alerts, and the
 //! process's RSS at the end and at its peak (run it under `heaptrack` to see where the bytes
 //! are).
 
@@ -30,6 +31,7 @@ fn main() {
         .collect();
     let rate = args.first().copied().unwrap_or(50_000);
     let seconds = args.get(1).copied().unwrap_or(30);
+    let users = args.get(2).copied().unwrap_or(5_000).max(1);
     // The names `sluice bench` sends (`crates/sluice/src/commands/bench.rs`; that crate depends
     // on this one, so the list is repeated here).
     const NAMES: [&str; 12] = [
@@ -65,7 +67,7 @@ fn main() {
             event_id: format!("bench-0123456789ab-{}-{seq}", seq % 50),
             source: "default".into(),
             name: Some(NAMES[(next() % 12) as usize].into()),
-            user_id: Some(format!("user-{}", next() % 5_000)),
+            user_id: Some(format!("user-{}", next() % users)),
             anonymous_id: None,
             ip: Some("127.0.0.1".into()),
             timestamp: t,
@@ -82,7 +84,7 @@ fn main() {
     }
     let (rss, peak) = rss_mb();
     println!(
-        "{{\"events\":{total},\"rate\":{rate},\"subjects\":{},\"held_ids\":{},\"alerts\":{},\"rss_mb\":{rss},\"peak_rss_mb\":{peak}}}",
+        "{{\"events\":{total},\"rate\":{rate},\"users\":{users},\"subjects\":{},\"held_ids\":{},\"alerts\":{},\"rss_mb\":{rss},\"peak_rss_mb\":{peak}}}",
         detector.subjects(),
         detector.held_ids(),
         fired + alerts.len(),
