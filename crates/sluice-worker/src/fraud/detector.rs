@@ -238,52 +238,105 @@ struct Slot {
 
 const INLINE: usize = 38;
 const LONG: u8 = u8::MAX;
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            holders: 0,
+            len: 0,
+            text: [0; INLINE],
+        }
+    }
+}
+
 /// Slots are allocated this many at a time (a chunk never moves, so growing copies nothing).
 const CHUNK: usize = 4096;
+
+/// Values by slot number, in chunks of [`CHUNK`] allocated as needed; a slot given back is
+/// handed out again, lowest first. (u32 slot numbers: 4 billion id slots would be 160 GB.)
+struct Slab<T> {
+    chunks: Vec<Box<[T]>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Slab<T> {
+        Slab {
+            chunks: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T: Default> Slab<T> {
+    /// A free slot's number (its value is `T::default()` or what the last user left).
+    fn take(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            let base = self.chunks.len() * CHUNK;
+            self.chunks
+                .push(std::iter::repeat_with(T::default).take(CHUNK).collect());
+            self.free
+                .extend((base as u32 + 1..(base + CHUNK) as u32).rev());
+            base as u32
+        })
+    }
+
+    fn give_back(&mut self, at: u32) {
+        self.free.push(at);
+    }
+
+    fn get(&self, at: u32) -> &T {
+        &self.chunks[at as usize / CHUNK][at as usize % CHUNK]
+    }
+
+    fn get_mut(&mut self, at: u32) -> &mut T {
+        &mut self.chunks[at as usize / CHUNK][at as usize % CHUNK]
+    }
+
+    /// Slots allocated, free or not.
+    fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// Every slot, free or not.
+    fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.chunks.iter().flat_map(|c| c.iter())
+    }
+
+    /// Let go of every chunk (the caller holds nothing in them).
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.free.clear();
+    }
+}
 
 /// The event ids the windows hold, each once, counted by the windows holding it. Every window
 /// entry, and every `ip_many_users` user, holds its id's slot until it is dropped; then the slot
 /// is reused.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Ids {
-    chunks: Vec<Box<[Slot]>>,
-    free: Vec<u32>,
+    slots: Slab<Slot>,
     long: Map<u32, Box<str>>,
     live: usize,
 }
 
+impl std::fmt::Debug for Ids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ids").field("live", &self.live).finish()
+    }
+}
+
 impl Ids {
     fn slot(&self, at: u32) -> &Slot {
-        &self.chunks[at as usize / CHUNK][at as usize % CHUNK]
+        self.slots.get(at)
     }
 
     fn slot_mut(&mut self, at: u32) -> &mut Slot {
-        &mut self.chunks[at as usize / CHUNK][at as usize % CHUNK]
+        self.slots.get_mut(at)
     }
 
     /// Store `id` with one holder.
     fn add(&mut self, id: &str) -> u32 {
-        let at = match self.free.pop() {
-            Some(at) => at,
-            None => {
-                let base = self.chunks.len() * CHUNK;
-                self.chunks.push(
-                    vec![
-                        Slot {
-                            holders: 0,
-                            len: 0,
-                            text: [0; INLINE],
-                        };
-                        CHUNK
-                    ]
-                    .into_boxed_slice(),
-                );
-                // Handed out lowest first. (u32 slot numbers: 4 billion slots would be 160 GB.)
-                self.free
-                    .extend((base as u32 + 1..(base + CHUNK) as u32).rev());
-                base as u32
-            }
-        };
+        let at = self.slots.take();
         let slot = self.slot_mut(at);
         slot.holders = 1;
         if id.len() <= INLINE {
@@ -311,7 +364,7 @@ impl Ids {
             if slot.len == LONG {
                 self.long.remove(&at);
             }
-            self.free.push(at);
+            self.slots.give_back(at);
             self.live -= 1;
         }
     }
@@ -606,15 +659,10 @@ struct Subjects<S> {
 /// 4 bytes and a subject takes its slot once.
 struct Table<S> {
     index: HashTable<u32>,
-    chunks: Vec<Chunk<S>>,
-    free: Vec<u32>,
+    /// A subject's name and state, `None` when free.
+    slots: Slab<Option<(Box<str>, S)>>,
     hasher: foldhash::fast::RandomState,
 }
-
-/// A subject's slot: its name and state, or free.
-type SubjectSlot<S> = Option<(Box<str>, S)>;
-/// [`CHUNK`] subject slots.
-type Chunk<S> = Box<[SubjectSlot<S>]>;
 
 impl<S> std::fmt::Debug for Table<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -628,8 +676,7 @@ impl<S> Table<S> {
     fn new() -> Table<S> {
         Table {
             index: HashTable::new(),
-            chunks: Vec::new(),
-            free: Vec::new(),
+            slots: Slab::default(),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
@@ -638,75 +685,59 @@ impl<S> Table<S> {
         self.index.len()
     }
 
-    fn slot(chunks: &[Chunk<S>], at: u32) -> &SubjectSlot<S> {
-        &chunks[at as usize / CHUNK][at as usize % CHUNK]
-    }
-
     /// The subject's state, created by `new` when absent; whether it was created.
     fn get_or_insert(&mut self, subject: &str, new: impl FnOnce() -> S) -> (&mut S, bool) {
         let hash = self.hasher.hash_one(subject);
-        let chunks = &self.chunks;
+        let slots = &self.slots;
         let found = self.index.find(hash, |&at| {
-            Self::slot(chunks, at)
-                .as_ref()
-                .is_some_and(|(k, _)| &**k == subject)
+            slots.get(at).as_ref().is_some_and(|(k, _)| &**k == subject)
         });
         let (at, created) = match found {
             Some(&at) => (at, false),
             None => {
-                let at = match self.free.pop() {
-                    Some(at) => at,
-                    None => {
-                        let base = self.chunks.len() * CHUNK;
-                        self.chunks
-                            .push(std::iter::repeat_with(|| None).take(CHUNK).collect());
-                        self.free
-                            .extend((base as u32 + 1..(base + CHUNK) as u32).rev());
-                        base as u32
-                    }
-                };
-                self.chunks[at as usize / CHUNK][at as usize % CHUNK] =
-                    Some((subject.into(), new()));
-                let (chunks, hasher) = (&self.chunks, &self.hasher);
+                let at = self.slots.take();
+                *self.slots.get_mut(at) = Some((subject.into(), new()));
+                let (slots, hasher) = (&self.slots, &self.hasher);
                 self.index.insert_unique(hash, at, |&at| {
-                    Self::slot(chunks, at)
+                    slots
+                        .get(at)
                         .as_ref()
                         .map_or(0, |(k, _)| hasher.hash_one(&**k))
                 });
                 (at, true)
             }
         };
-        let slot = &mut self.chunks[at as usize / CHUNK][at as usize % CHUNK];
-        let (_, state) = slot.as_mut().expect("an indexed slot holds its subject");
+        let (_, state) = self
+            .slots
+            .get_mut(at)
+            .as_mut()
+            .expect("an indexed slot holds its subject");
         (state, created)
     }
 
     /// Keep the subjects `keep` accepts; `gone` sees the others before they are dropped.
     fn retain(&mut self, mut keep: impl FnMut(&S) -> bool, mut gone: impl FnMut(&mut S)) {
-        let (chunks, free) = (&mut self.chunks, &mut self.free);
+        let slots = &mut self.slots;
         self.index.retain(|&mut at| {
-            let slot = &mut chunks[at as usize / CHUNK][at as usize % CHUNK];
+            let slot = slots.get_mut(at);
             let kept = slot.as_ref().is_some_and(|(_, s)| keep(s));
             if !kept {
                 if let Some((_, s)) = slot.as_mut() {
                     gone(s);
                 }
                 *slot = None;
-                free.push(at);
+                slots.give_back(at);
             }
             kept
         });
         if self.index.is_empty() {
             // Nothing held: give the chunks back rather than keep a past peak's worth.
-            self.chunks.clear();
-            self.free.clear();
+            self.slots.clear();
         }
     }
 
     fn states(&self) -> impl Iterator<Item = &S> + '_ {
-        self.chunks
-            .iter()
-            .flat_map(|c| c.iter().flatten().map(|(_, s)| s))
+        self.slots.iter().flatten().map(|(_, s)| s)
     }
 }
 
@@ -815,7 +846,7 @@ impl Detector {
         for c in self.ip.states() {
             c.users.iter().for_each(|u| count(u.2));
         }
-        let slots = self.ids.chunks.len() * CHUNK;
+        let slots = self.ids.slots.capacity();
         for at in 0..slots as u32 {
             let slot = self.ids.slot(at);
             let want = held.get(&at).copied().unwrap_or(0);
@@ -829,16 +860,16 @@ impl Detector {
                 return Err(format!("slot {at}: long id out of step"));
             }
         }
-        let free: HashSet<u32> = self.ids.free.iter().copied().collect();
+        let free: HashSet<u32> = self.ids.slots.free.iter().copied().collect();
         if held.len() != self.ids.live
             || free.len() + self.ids.live != slots
-            || free.len() != self.ids.free.len()
+            || free.len() != self.ids.slots.free.len()
         {
             return Err(format!(
                 "{} ids held, {} live, {} free of {slots}",
                 held.len(),
                 self.ids.live,
-                self.ids.free.len()
+                self.ids.slots.free.len()
             ));
         }
         if held.keys().any(|at| free.contains(at)) {
@@ -1175,7 +1206,7 @@ mod table_tests {
             let (state, created) = t.get_or_insert(&format!("s{i}"), || i);
             assert!(created && *state == i);
         }
-        assert_eq!((t.len(), t.chunks.len()), (n as usize, 2));
+        assert_eq!((t.len(), t.slots.capacity()), (n as usize, 2 * CHUNK));
         // Every one found again, with its own state.
         for i in 0..n {
             let (state, created) = t.get_or_insert(&format!("s{i}"), || u32::MAX);
@@ -1192,9 +1223,9 @@ mod table_tests {
             assert_eq!(*state, if i % 2 == 1 { u32::MAX } else { i });
         }
         // The dropped subjects' slots were taken again: no third chunk.
-        assert_eq!((t.len(), t.chunks.len()), (n as usize, 2));
+        assert_eq!((t.len(), t.slots.capacity()), (n as usize, 2 * CHUNK));
         t.retain(|_| false, |_| {});
-        assert_eq!((t.len(), t.chunks.len(), t.states().count()), (0, 0, 0));
+        assert_eq!((t.len(), t.slots.capacity(), t.states().count()), (0, 0, 0));
         let (_, created) = t.get_or_insert("s0", || 7);
         assert!(created);
     }
