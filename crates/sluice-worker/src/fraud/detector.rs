@@ -238,6 +238,7 @@ struct Slot {
 
 const INLINE: usize = 38;
 const LONG: u8 = u8::MAX;
+
 impl Default for Slot {
     fn default() -> Slot {
         Slot {
@@ -317,12 +318,6 @@ struct Ids {
     slots: Slab<Slot>,
     long: Map<u32, Box<str>>,
     live: usize,
-}
-
-impl std::fmt::Debug for Ids {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ids").field("live", &self.live).finish()
-    }
 }
 
 impl Ids {
@@ -646,7 +641,6 @@ impl SubjectState for Skew {
 }
 
 /// Subjects of one rule, by source then subject (lookups by `&str`, no allocation).
-#[derive(Debug)]
 struct Subjects<S> {
     by_source: Map<Box<str>, Table<S>>,
     len: usize,
@@ -662,14 +656,6 @@ struct Table<S> {
     /// A subject's name and state, `None` when free.
     slots: Slab<Option<(Box<str>, S)>>,
     hasher: foldhash::fast::RandomState,
-}
-
-impl<S> std::fmt::Debug for Table<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Table")
-            .field("subjects", &self.index.len())
-            .finish()
-    }
 }
 
 impl<S> Table<S> {
