@@ -294,6 +294,7 @@ impl<T: Default> Slab<T> {
     }
 
     /// Slots allocated, free or not.
+    #[cfg(test)]
     fn capacity(&self) -> usize {
         self.chunks.len() * CHUNK
     }
