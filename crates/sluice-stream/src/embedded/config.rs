@@ -52,6 +52,10 @@ pub struct EmbeddedLogConfig {
     /// fjall's block cache, in bytes. Small by default: reads follow the appends closely and
     /// find their entries in memtables or in blob files the OS still caches.
     pub cache_bytes: u64,
+    /// The newest entries kept in memory, all shards together, in payload bytes: consumers
+    /// reading within this much of the head take their entries from memory, not from fjall
+    /// (`recent`). 0 turns it off.
+    pub recent_bytes: u64,
     /// Trimming keeps the entries appended within this long before the position every group
     /// has reached, as `RedisLogConfig::trim_keep` does: a processor that keeps its own
     /// positions (the fraud worker) reads without pending entries, so what it has read but not
@@ -72,6 +76,7 @@ impl Default for EmbeddedLogConfig {
             append_timeout: Duration::from_secs(5),
             dead_letter_max_len: 100_000,
             cache_bytes: 8 * 1024 * 1024,
+            recent_bytes: 16 * 1024 * 1024,
             trim_keep: Duration::ZERO,
         }
     }
@@ -89,8 +94,8 @@ impl EmbeddedLogConfig {
     /// Parse `embedded:PATH?key=value&…` (also `embedded://PATH`). Known keys: `shards`,
     /// `durability` (`fsync` or `flush`), `high_water_mark`, `required_groups`
     /// (comma-separated), `queue_capacity`, `max_batch`, `append_timeout_ms`,
-    /// `dead_letter_max_len`, `cache_mb`, `trim_keep_s`. Unknown keys are errors, so a typo never goes
-    /// unnoticed.
+    /// `dead_letter_max_len`, `cache_mb`, `recent_mb`, `trim_keep_s`. Unknown keys are errors, so
+    /// a typo never goes unnoticed.
     pub fn from_url(url: &str) -> Result<Self, LogError> {
         let rest = url.strip_prefix("embedded:").ok_or_else(|| {
             LogError::Other(format!(
@@ -147,6 +152,9 @@ impl EmbeddedLogConfig {
                 "cache_mb" => {
                     config.cache_bytes = number("megabytes")?.saturating_mul(1024 * 1024);
                 }
+                "recent_mb" => {
+                    config.recent_bytes = number("megabytes")?.saturating_mul(1024 * 1024);
+                }
                 _ => {
                     return Err(LogError::Other(format!(
                         "unknown embedded log URL parameter `{key}`"
@@ -193,7 +201,7 @@ mod tests {
     fn parses_url() {
         let c = EmbeddedLogConfig::from_url(
             "embedded:/var/lib/sluice/log?shards=4&durability=flush&high_water_mark=10\
-             &required_groups=a,b&trim_keep_s=120",
+             &required_groups=a,b&trim_keep_s=120&recent_mb=2",
         )
         .expect("valid url");
         assert_eq!(c.dir, PathBuf::from("/var/lib/sluice/log"));
@@ -202,6 +210,7 @@ mod tests {
         assert_eq!(c.high_water_mark, 10);
         assert_eq!(c.required_groups, vec!["a".to_owned(), "b".to_owned()]);
         assert_eq!(c.trim_keep, Duration::from_secs(120));
+        assert_eq!(c.recent_bytes, 2 * 1024 * 1024);
 
         let c = EmbeddedLogConfig::from_url("embedded:./sluice-data").expect("relative path");
         assert_eq!(c.dir, PathBuf::from("./sluice-data"));

@@ -6,6 +6,7 @@
 //! - `config`: [`EmbeddedLogConfig`], [`Durability`] and the `embedded:` URL parser.
 //! - `keys`: the byte layout of every key and value in fjall (`docs/log-format.md`).
 //! - `store`: the fjall database, recovery at open, and the consumer-side operations.
+//! - `recent`: the newest entries of each shard in memory, for consumers reading near the head.
 //! - `writer`: the coalescing append path (one batch and one fsync for many appends).
 //!
 //! This module is the async face: it runs the blocking store calls on tokio's blocking pool,
@@ -13,6 +14,7 @@
 
 mod config;
 mod keys;
+mod recent;
 mod store;
 mod writer;
 

@@ -35,6 +35,7 @@ const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 
 use super::config::EmbeddedLogConfig;
 use super::keys::{self, Id, Position};
+use super::recent::Recent;
 
 /// No bloom filters: every key of the log's keyspaces grows with its shard's ids or names a group,
 /// so a table's key range already tells whether it can hold a key, and point reads look up keys
@@ -130,6 +131,8 @@ pub(crate) struct Store {
     /// Published heads: what readers may see (written, and persisted per the durability
     /// setting). Updated by the writer after each batch.
     pub heads: RwLock<Vec<Head>>,
+    /// The newest entries of each shard, for reads near the head (filled by the writer).
+    pub recent: Recent,
     pub total_appended: AtomicU64,
     total_trimmed: AtomicU64,
     state: Mutex<State>,
@@ -443,6 +446,7 @@ impl Store {
         Ok(Store {
             total_appended: AtomicU64::new(heads.iter().map(|h| h.appended).sum()),
             total_trimmed: AtomicU64::new(tails.iter().map(|t| t.trimmed).sum()),
+            recent: Recent::new(heads.iter().map(|h| h.last), config.recent_bytes),
             heads: RwLock::new(heads),
             state: Mutex::new(State {
                 groups,
@@ -548,6 +552,32 @@ impl Store {
         Ok(())
     }
 
+    /// Up to `count` entries of `shard` with ids in `from..=last`, oldest first: from memory
+    /// when they are among the newest (the usual case for consumers), else from fjall.
+    fn entries(
+        &self,
+        shard: u32,
+        from: Id,
+        last: Id,
+        count: usize,
+    ) -> Result<Vec<(Id, Bytes)>, LogError> {
+        if let Some(held) = self.recent.read(shard, from, last, count) {
+            return Ok(held);
+        }
+        let range = keys::event_key(shard, from)..=keys::event_key(shard, last);
+        self.events[shard as usize]
+            .range(range)
+            .take(count)
+            .map(|guard| {
+                let (k, v) = guard.into_inner().map_err(|e| self.err(&e))?;
+                let (_, id) =
+                    keys::parse_event_key(&k).ok_or_else(|| corrupt(&self.dir, "event key"))?;
+                // fjall's own reference-counted buffer: no copy.
+                Ok((id, Bytes::from_owner(v)))
+            })
+            .collect()
+    }
+
     /// Deliver up to `count` new entries to `consumer`, visiting shards from `first_shard`;
     /// with `record_pending` false they are not made pending (`read_new_unacked`).
     pub(crate) fn read_new(
@@ -580,11 +610,7 @@ impl Store {
                 continue;
             }
             let from = pos.last.successor().max(tails[s].below);
-            let range = keys::event_key(shard, from)..=keys::event_key(shard, head.last);
-            for guard in self.events[s].range(range).take(count - out.len()) {
-                let (k, v) = guard.into_inner().map_err(|e| self.err(&e))?;
-                let (_, id) =
-                    keys::parse_event_key(&k).ok_or_else(|| corrupt(&self.dir, "event key"))?;
+            for (id, payload) in self.entries(shard, from, head.last, count - out.len())? {
                 if record_pending {
                     batch.insert(
                         &self.pending_ks,
@@ -595,8 +621,7 @@ impl Store {
                 out.push(Entry {
                     shard,
                     id: id.to_string(),
-                    // fjall's own reference-counted buffer: no copy.
-                    payload: Bytes::from_owner(v),
+                    payload,
                     deliveries: 1,
                 });
                 pos.last = id;
@@ -973,21 +998,17 @@ impl Store {
         if from > through || count == 0 {
             return Ok(Vec::new());
         }
-        let below = lock(&self.state).tails[shard as usize].below;
-        let range = keys::event_key(shard, from.max(below))..=keys::event_key(shard, through);
-        let mut out = Vec::new();
-        for guard in self.events[shard as usize].range(range).take(count) {
-            let (k, v) = guard.into_inner().map_err(|e| self.err(&e))?;
-            let (_, id) =
-                keys::parse_event_key(&k).ok_or_else(|| corrupt(&self.dir, "event key"))?;
-            out.push(Entry {
+        let from = from.max(lock(&self.state).tails[shard as usize].below);
+        Ok(self
+            .entries(shard, from, through, count)?
+            .into_iter()
+            .map(|(id, payload)| Entry {
                 shard,
                 id: id.to_string(),
-                payload: Bytes::from_owner(v),
+                payload,
                 deliveries,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Group-less tail: resolve unknown positions to the shards' heads, then read at most

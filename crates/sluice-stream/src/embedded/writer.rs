@@ -1,8 +1,9 @@
 //! The append path: a bounded queue of append requests drained by ONE writer thread. The writer
 //! takes a request, then whatever else is already queued (up to `max_batch` records), assigns
 //! ids, writes all of them and the shards' new heads in ONE fjall batch, makes it durable once
-//! (one `fsync` with `Durability::Fsync`), publishes the new heads to readers, wakes blocked
-//! readers, and answers every request. Concurrent appends therefore share one fsync; nothing is
+//! (one `fsync` with `Durability::Fsync`), keeps the entries in memory for readers near the head
+//! (`recent`), publishes the new heads to readers, wakes blocked readers, and answers every
+//! request. Concurrent appends therefore share one fsync; nothing is
 //! written one sync per event, and nothing is buffered without bound (a full queue makes
 //! `append` wait, within its timeout).
 //!
@@ -87,7 +88,7 @@ fn write(
     let mut heads = next.to_vec();
     let mut touched = vec![false; heads.len()];
     let mut wb = store.db.batch().durability(Some(mode));
-    let mut n = 0u64;
+    let mut written = Vec::new();
     for r in batch.iter().flat_map(|req| &req.records) {
         // Shards were validated by `append`.
         let Some(head) = heads.get_mut(r.shard as usize) else {
@@ -101,8 +102,9 @@ fn write(
             keys::event_key(r.shard, head.last),
             r.payload.as_ref(),
         );
-        n += 1;
+        written.push((r.shard, head.last, r.payload.clone()));
     }
+    let n = written.len() as u64;
     for (shard, head) in (0u32..).zip(&heads) {
         if touched[shard as usize] {
             wb.insert(
@@ -124,6 +126,8 @@ fn write(
         return Err(store.err(&e));
     }
     store.stats.records.fetch_add(n, Ordering::Relaxed);
+    // Readers that see the new heads find these entries in memory.
+    store.recent.push(written);
     {
         let mut published = store
             .heads
