@@ -62,24 +62,30 @@ use sluice_core::warehouse::StoreError;
 use super::{sql, sqlite_error};
 
 /// Memtable of `ids` (fjall's count: key, value and ~40 bytes per entry; in memory about
-/// twice that): ~4 MiB holds ~40,000 ids. Sealed memtables wait in memory for their flush, at
-/// most four before fjall holds writes back, so this also bounds those.
-const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+/// twice that): 2 MiB holds ~20,000 ids. Sealed memtables wait in memory for their flush, at
+/// most four before fjall holds writes back, and the index's one fjall worker flushes only
+/// between compactions: during a long merge into level 1 they pile up (the index's memtables
+/// were ~58 MB of the heap at a peak with 4 MiB ones), so they are small, and level 0 takes
+/// more of them (`L0_TABLES`) for the same merge volume.
+const MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Block cache (bloom filters and index blocks stay pinned besides). Look-ups mostly miss and
 /// stop at the filters; data blocks are read only for an id stored before or a false positive.
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 /// Size of the tables compactions write (fjall's default 64 MiB): a compaction keeps a hash of
 /// every key of the table it writes until the table's filter is built — ~17 MiB for 64 MiB of
-/// ids, 4 MiB for 16.
-const TABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// ids, 2 MiB for 8. Level 1 holds `TABLE_BYTES × L0_TABLES` (128 MiB), which is what a merge
+/// from level 0 rewrites at most, and so how long flushes wait behind it.
+const TABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// Tables flushed to level 0 before they are merged into level 1 (fjall's default 4). The keys
-/// are hashes, so every merge rewrites nearly all of level 1: merging twice as many tables at
-/// once halves that work (the index's compactions took 0.3 of a core at 50,000 events/s).
-/// Look-ups try each level-0 table's filter, pinned in memory. fjall stalls writes at 20.
-const L0_TABLES: u8 = 8;
+/// are hashes, so every merge rewrites nearly all of level 1: merging many tables at once
+/// divides that work (the index's compactions took 0.3 of a core at 50,000 events/s with 4).
+/// 16 tables of 2 MiB memtables are as much per merge as 8 of 4 MiB (`commit_throughput`, random
+/// ids, 3M events: the same CPU within the runs' spread). Look-ups try each level-0 table's
+/// filter, pinned in memory. fjall stalls writes at 20.
+const L0_TABLES: u8 = 16;
 /// Memtable of `users` (two entries per event with both a user and an anonymous id, 24 bytes
-/// each).
-const USERS_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+/// each); small for the same reason as `MEMTABLE_BYTES`.
+const USERS_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Journals kept before the oldest memtables are flushed.
 const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 /// Rows recorded per fjall batch when catching up.
