@@ -129,7 +129,17 @@ impl Event {
 
     /// Serialize for the log. Serializing this type cannot fail (string keys, finite numbers).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        out
+    }
+
+    /// [`Event::to_json`], appended to `out` (one buffer for many events).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let len = out.len();
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.truncate(len);
+        }
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Event, serde_json::Error> {
