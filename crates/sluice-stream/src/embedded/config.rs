@@ -49,8 +49,9 @@ pub struct EmbeddedLogConfig {
     pub append_timeout: Duration,
     /// Dead letters kept (the oldest are removed beyond it); 0 keeps everything.
     pub dead_letter_max_len: u64,
-    /// fjall's block cache, in bytes. Small by default: reads follow the appends closely and
-    /// find their entries in memtables or in blob files the OS still caches.
+    /// fjall's block cache, in bytes. Small by default (2 MiB): consumers near the head read
+    /// their entries from `recent_bytes`, and one that fell further behind reads blob files
+    /// the OS still caches (at 50,000 events/s, 8 MiB gave no measurable gain: docs/benchmarks.md).
     pub cache_bytes: u64,
     /// The newest entries kept in memory, all shards together, in payload bytes: consumers
     /// reading within this much of the head take their entries from memory, not from fjall
@@ -75,7 +76,7 @@ impl Default for EmbeddedLogConfig {
             max_batch: 10_000,
             append_timeout: Duration::from_secs(5),
             dead_letter_max_len: 100_000,
-            cache_bytes: 8 * 1024 * 1024,
+            cache_bytes: 2 * 1024 * 1024,
             recent_bytes: 16 * 1024 * 1024,
             trim_keep: Duration::ZERO,
         }
