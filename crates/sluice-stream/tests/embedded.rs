@@ -25,7 +25,7 @@ impl Fixture {
     async fn new(tweak: impl FnOnce(&mut EmbeddedLogConfig)) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = EmbeddedLogConfig::new(dir.path().join("log"));
-        config.shards = 4;
+        config.shards = Some(4);
         tweak(&mut config);
         let log = EmbeddedLog::open(config).await.expect("open embedded log");
         Fixture { log, _dir: dir }
@@ -40,7 +40,7 @@ conformance_cases!(f => Fixture::new(|_| {}).await, f.log());
 
 fn config(dir: &Path) -> EmbeddedLogConfig {
     let mut c = EmbeddedLogConfig::new(dir);
-    c.shards = 4;
+    c.shards = Some(4);
     c
 }
 
@@ -306,9 +306,33 @@ async fn reopening_with_another_shard_count_is_refused() {
         .await
         .expect("close");
     let mut other = config(&path);
-    other.shards = 8;
+    other.shards = Some(8);
     let err = EmbeddedLog::open(other).await.expect_err("shard mismatch");
     assert!(err.to_string().contains("created with 4 shards"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_shard_count_a_directory_keeps_its_own_and_a_new_one_takes_the_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log");
+    // Created with 4 (`config`), reopened without a count: still 4, entries where they were.
+    let log = EmbeddedLog::open(config(&path)).await.expect("open");
+    log.append(conformance::records(&log, "kept", 12))
+        .await
+        .expect("append");
+    log.close().await.expect("close");
+    let mut unspecified = config(&path);
+    unspecified.shards = None;
+    let log = EmbeddedLog::open(unspecified).await.expect("reopen");
+    assert_eq!(log.shards(), 4);
+    assert_eq!(log.len().await.expect("len"), 12);
+    log.close().await.expect("close");
+
+    let mut fresh = config(&dir.path().join("new"));
+    fresh.shards = None;
+    let log = EmbeddedLog::open(fresh).await.expect("open new");
+    assert_eq!(log.shards(), EmbeddedLogConfig::DEFAULT_SHARDS);
+    log.close().await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,7 +494,7 @@ async fn throughput() {
     for (durability, tasks, batches_per_task) in runs {
         let f = Fixture::new(|c| {
             c.durability = durability;
-            c.shards = 8;
+            c.shards = Some(8);
             c.high_water_mark = u64::MAX;
         })
         .await;

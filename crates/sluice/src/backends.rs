@@ -163,7 +163,7 @@ pub async fn open_log(
         "embedded" => {
             let mut config = EmbeddedLogConfig::from_url(url).context("invalid --log URL")?;
             if let Some(s) = args.shards {
-                config.shards = s;
+                config.shards = Some(s);
             }
             if let Some(h) = args.high_water_mark {
                 config.high_water_mark = h;

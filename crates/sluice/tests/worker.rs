@@ -592,7 +592,7 @@ impl sluice_worker::Processor for GatedProcessor {
 /// An embedded log of one shard in `dir`.
 async fn one_shard_log(dir: &tempfile::TempDir) -> Arc<dyn EventLog> {
     let mut log_config = sluice_stream::EmbeddedLogConfig::new(dir.path().join("log"));
-    log_config.shards = 1;
+    log_config.shards = Some(1);
     Arc::new(
         sluice_stream::EmbeddedLog::open(log_config)
             .await

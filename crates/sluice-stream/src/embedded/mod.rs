@@ -65,7 +65,7 @@ impl std::fmt::Debug for EmbeddedLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedLog")
             .field("dir", &self.config.dir)
-            .field("shards", &self.config.shards)
+            .field("shards", &self.store.shards)
             .field("durability", &self.config.durability)
             .finish_non_exhaustive()
     }
@@ -86,7 +86,7 @@ impl EmbeddedLog {
         let store = Arc::new(store);
         let (queue, rx) = mpsc::channel(config.queue_capacity);
         let writer = writer::spawn(store.clone(), rx, config.durability, config.max_batch)?;
-        tracing::info!(dir = %config.dir.display(), shards = config.shards,
+        tracing::info!(dir = %config.dir.display(), shards = store.shards,
             durability = ?config.durability, "embedded event log open");
         Ok(EmbeddedLog {
             config,
@@ -150,10 +150,10 @@ impl EmbeddedLog {
     }
 
     fn check_shards(&self, records: &[Record]) -> Result<(), LogError> {
-        match records.iter().find(|r| r.shard >= self.config.shards) {
+        match records.iter().find(|r| r.shard >= self.store.shards) {
             Some(bad) => Err(LogError::Other(format!(
                 "shard {} out of range (the log has {} shards)",
-                bad.shard, self.config.shards
+                bad.shard, self.store.shards
             ))),
             None => Ok(()),
         }
@@ -195,8 +195,8 @@ impl EmbeddedLog {
             tokio::pin!(appended);
             appended.as_mut().enable();
 
-            let first_shard = (self.rotation.fetch_add(1, Ordering::Relaxed)
-                % self.config.shards as usize) as u32;
+            let first_shard =
+                (self.rotation.fetch_add(1, Ordering::Relaxed) % self.store.shards as usize) as u32;
             let (g, c) = (group.to_owned(), consumer.to_owned());
             let entries = self
                 .blocking(move |s| s.read_new(&g, &c, count, first_shard, record_pending))
@@ -214,7 +214,7 @@ impl EmbeddedLog {
 #[async_trait]
 impl EventLog for EmbeddedLog {
     fn shards(&self) -> u32 {
-        self.config.shards
+        self.store.shards
     }
 
     async fn append(&self, records: Vec<Record>) -> Result<(), LogError> {
@@ -366,7 +366,7 @@ impl EventLog for EmbeddedLog {
         count: usize,
         block: Duration,
     ) -> Result<(Vec<Entry>, TailCursor), LogError> {
-        let shards = self.config.shards as usize;
+        let shards = self.store.shards as usize;
         let mut last: Vec<Option<Id>> = (0..shards)
             .map(|i| match cursor.last.get(i).cloned().flatten() {
                 Some(id) => parse_id(&id).map(Some),
@@ -409,10 +409,10 @@ impl EventLog for EmbeddedLog {
         through: &str,
         count: usize,
     ) -> Result<Vec<Entry>, LogError> {
-        if shard >= self.config.shards {
+        if shard >= self.store.shards {
             return Err(LogError::Other(format!(
                 "shard {shard} out of range (the log has {} shards)",
-                self.config.shards
+                self.store.shards
             )));
         }
         let from = match start {

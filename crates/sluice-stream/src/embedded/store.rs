@@ -281,16 +281,23 @@ impl Store {
         let dead_ks = ks("dead")?;
         let meta = ks("meta")?;
 
-        // The shard count and layout version are fixed at creation.
-        match meta.get(keys::META_SHARDS).map_err(err)? {
-            Some(v) => {
-                let stored = keys::u32_value(&v).ok_or_else(|| corrupt(&dir, "shard count"))?;
-                if stored != config.shards {
+        // The shard count and layout version are fixed at creation: an existing directory keeps
+        // its count (asking for another one is an error), a new one takes the configured count
+        // or the default.
+        let stored = match meta.get(keys::META_SHARDS).map_err(err)? {
+            Some(v) => Some(keys::u32_value(&v).ok_or_else(|| corrupt(&dir, "shard count"))?),
+            None => None,
+        };
+        let shards = stored
+            .or(config.shards)
+            .unwrap_or(EmbeddedLogConfig::DEFAULT_SHARDS);
+        match stored {
+            Some(stored) => {
+                if let Some(asked) = config.shards.filter(|&asked| asked != stored) {
                     return Err(LogError::Other(format!(
                         "data directory {} was created with {stored} shards, but the \
-                         configuration asks for {} (the shard count cannot change)",
+                         configuration asks for {asked} (the shard count cannot change)",
                         dir.display(),
-                        config.shards
                     )));
                 }
                 let format = meta
@@ -308,7 +315,7 @@ impl Store {
             }
             None => {
                 let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
-                batch.insert(&meta, keys::META_SHARDS, &config.shards.to_be_bytes()[..]);
+                batch.insert(&meta, keys::META_SHARDS, &shards.to_be_bytes()[..]);
                 batch.insert(
                     &meta,
                     keys::META_FORMAT,
@@ -332,8 +339,8 @@ impl Store {
         // Blobs are not compressed: entries live minutes, and LZ4 over every payload was ~2 % of
         // `serve`'s CPU at 50,000 events/s for disk the trim gives back soon anyway.
         let shard_memtable =
-            (EVENTS_MEMTABLE_BYTES / u64::from(config.shards.max(1))).max(MIN_SHARD_MEMTABLE_BYTES);
-        let events = (0..config.shards)
+            (EVENTS_MEMTABLE_BYTES / u64::from(shards.max(1))).max(MIN_SHARD_MEMTABLE_BYTES);
+        let events = (0..shards)
             .map(|shard| {
                 db.keyspace(&keys::events_keyspace(shard), || {
                     no_filters(KeyspaceCreateOptions::default())
@@ -349,9 +356,9 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         migrate_one_keyspace(&db, &meta, &events, &dir)?;
 
-        let mut heads = Vec::with_capacity(config.shards as usize);
-        let mut tails = Vec::with_capacity(config.shards as usize);
-        for shard in 0..config.shards {
+        let mut heads = Vec::with_capacity(shards as usize);
+        let mut tails = Vec::with_capacity(shards as usize);
+        for shard in 0..shards {
             let head = match meta.get(keys::head_key(shard)).map_err(err)? {
                 Some(v) => {
                     let (last, appended) =
@@ -378,13 +385,13 @@ impl Store {
             let (name, rest) =
                 keys::parse_group_prefix(&k).ok_or_else(|| corrupt(&dir, "group key"))?;
             let positions = keys::decode_positions(&v)
-                .filter(|p| rest.is_empty() && p.len() == config.shards as usize)
+                .filter(|p| rest.is_empty() && p.len() == shards as usize)
                 .ok_or_else(|| corrupt(&dir, "group position"))?;
             let floor = match meta.get(keys::floor_key(&name)).map_err(err)? {
                 None => None,
                 Some(v) => Some(
                     keys::decode_ids(&v)
-                        .filter(|f| f.len() == config.shards as usize)
+                        .filter(|f| f.len() == shards as usize)
                         .ok_or_else(|| corrupt(&dir, "group floor"))?,
                 ),
             };
@@ -460,7 +467,7 @@ impl Store {
             stats: WriterStats::default(),
             dead_letter_max_len: config.dead_letter_max_len,
             trim_keep_ms: u64::try_from(config.trim_keep.as_millis()).unwrap_or(u64::MAX),
-            shards: config.shards,
+            shards,
             dir,
             db,
             events,
