@@ -88,7 +88,7 @@ impl EmbeddedLogConfig {
     /// Shards of a new directory when none are asked for. One writer thread appends to all
     /// shards and each group has one consumer, so shards bring no parallelism here, and each
     /// costs a keyspace with its own memtable, flushes and blob files. One, against eight (the
-    /// default until session 20): at 50,000 events/s the log's background thread flushed an
+    /// default before session 21): at 50,000 events/s the log's background thread flushed an
     /// eighth as often, and `sluice serve` used ~20 % less CPU per event with a lower memory
     /// peak (docs/benchmarks.md).
     pub const DEFAULT_SHARDS: u32 = 1;
