@@ -65,7 +65,7 @@ use super::{sql, sqlite_error};
 /// twice that): 2 MiB holds ~20,000 ids. Sealed memtables wait in memory for their flush, at
 /// most four before fjall holds writes back, and the index's one fjall worker flushes only
 /// between compactions: during a long merge into level 1 they pile up (the index's memtables
-/// were ~58 MB of the heap at a peak with 4 MiB ones), so they are small, and level 0 takes
+/// were up to ~65 MB of the heap at a peak with 4 MiB ones), so they are small, and level 0 takes
 /// more of them (`L0_TABLES`) for the same merge volume.
 const MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Block cache (bloom filters and index blocks stay pinned besides). Look-ups mostly miss and
