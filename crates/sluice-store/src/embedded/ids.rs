@@ -71,11 +71,16 @@ const MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Block cache (bloom filters and index blocks stay pinned besides). Look-ups mostly miss and
 /// stop at the filters; data blocks are read only for an id stored before or a false positive.
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
-/// Size of the tables compactions write (fjall's default 64 MiB): a compaction keeps a hash of
-/// every key of the table it writes until the table's filter is built — ~17 MiB for 64 MiB of
-/// ids, 2 MiB for 8. Level 1 holds `TABLE_BYTES × L0_TABLES` (128 MiB), which is what a merge
-/// from level 0 rewrites at most, and so how long flushes wait behind it.
-const TABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Size of the tables compactions write (fjall's default 64 MiB). Level 1 holds
+/// `TABLE_BYTES × L0_TABLES` (32 MiB), and since the keys are hashes, a merge from level 0
+/// rewrites all of it, while flushes wait: with 8 MiB tables (a 128 MiB level 1) merges grew to
+/// ~3 s by 90 s at 50,000 events/s and sealed memtables piled up behind them (the index's
+/// memtables were up to 39 MB of the heap at the peaks). With 2 MiB, merges from level 1 on
+/// down take one table and the ~10 it overlaps below, and no job took over 1.5 s: RSS peak
+/// 221 MB against 236–262 MB, the same CPU per event (docs/benchmarks.md, session 22). A
+/// compaction also keeps a hash of every key of the table it writes until the table's filter is
+/// built (~17 MiB for 64 MiB of ids). Fixed when a keyspace is created.
+const TABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Tables flushed to level 0 before they are merged into level 1 (fjall's default 4). The keys
 /// are hashes, so every merge rewrites nearly all of level 1: merging many tables at once
 /// divides that work (the index's compactions took 0.3 of a core at 50,000 events/s with 4).

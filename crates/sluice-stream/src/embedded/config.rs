@@ -78,7 +78,7 @@ impl Default for EmbeddedLogConfig {
             append_timeout: Duration::from_secs(5),
             dead_letter_max_len: 100_000,
             cache_bytes: 2 * 1024 * 1024,
-            recent_bytes: 16 * 1024 * 1024,
+            recent_bytes: 8 * 1024 * 1024,
             trim_keep: Duration::ZERO,
         }
     }
