@@ -52,7 +52,10 @@ pub struct ConsumerConfig {
     pub claim_every: Duration,
     /// An entry delivered more often than this goes to the dead-letter stream.
     pub max_deliveries: u64,
-    /// How often to trim the log below what every group processed (None: never).
+    /// How often to trim the log below what every group processed (None: never). Often, so that
+    /// each trim is small: the embedded log deletes entry by entry, and trimming 10 s of entries
+    /// at once (500,000 at 50,000 events/s) paused this worker's reads for the trim and put
+    /// a burst of tombstones through fjall's memtables, a memory spike every 10 s.
     pub trim_every: Option<Duration>,
     /// Longest pause between retries of a failing commit.
     pub max_backoff: Duration,
@@ -81,7 +84,7 @@ impl ConsumerConfig {
             claim_idle: Duration::from_secs(30),
             claim_every: Duration::from_secs(5),
             max_deliveries: 5,
-            trim_every: Some(Duration::from_secs(10)),
+            trim_every: Some(Duration::from_secs(1)),
             max_backoff: Duration::from_secs(5),
             start_from: StartFrom::Beginning,
             commit_concurrency: 2,
