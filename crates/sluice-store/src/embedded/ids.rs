@@ -62,14 +62,23 @@ use sluice_core::warehouse::StoreError;
 use super::{sql, sqlite_error};
 
 /// Memtable of `ids` (fjall's count: key, value and ~40 bytes per entry; in memory about
-/// twice that): 2 MiB holds ~20,000 ids. Sealed memtables wait in memory for their flush, at
-/// most four before fjall holds writes back, and the index's one fjall worker flushes only
-/// between compactions: during a long merge into level 1 they pile up (the index's memtables
-/// were up to ~65 MB of the heap at a peak with 4 MiB ones), so they are small, and level 0 takes
-/// more of them (`L0_TABLES`) for the same merge volume.
-const MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
+/// twice that): 4 MiB holds ~40,000 ids. Two fjall workers: one rotates and flushes memtables
+/// while the other merges (`vendor/fjall/PATCHES.md`). With one, a memtable could neither be
+/// sealed nor flushed during a merge into level 1, and at 50,000 events/s the index's memtables
+/// held up to 34 MB of the heap at the end of a merge (heap profile, docs/benchmarks.md).
+/// Flushed at once, memtables of 2 MiB made twice as many level-0 tables to merge (+3 µs of CPU
+/// per event in `sluice serve`); 4 MiB ones cost no more CPU than one worker did
+/// (docs/benchmarks.md, session 23).
+const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Block cache (bloom filters and index blocks stay pinned besides). Look-ups mostly miss and
 /// stop at the filters; data blocks are read only for an id stored before or a false positive.
+///
+/// Pinned filters take ~10 bits per id of the dedupe window: ~1.2 MB per million ids, so the
+/// process grows by ~225 MB an hour at 50,000 events/s for as long as the window (7 days by
+/// default) keeps them. Leaving levels from 2 on to partitioned filters read through this
+/// cache kept that growth out of a 180 s run (RSS at the end 150 MB against 157–167) but cost
+/// ~1.5 µs per event, which pushed freshness past 2 s on 2 cores (docs/benchmarks.md,
+/// session 23). Bounding it is open work.
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 /// Size of the tables compactions write (fjall's default 64 MiB). Level 1 holds
 /// `TABLE_BYTES × L0_TABLES` (32 MiB), and since the keys are hashes, a merge from level 0
@@ -89,8 +98,8 @@ const TABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// filter, pinned in memory. fjall stalls writes at 20.
 const L0_TABLES: u8 = 16;
 /// Memtable of `users` (two entries per event with both a user and an anonymous id, 24 bytes
-/// each); small for the same reason as `MEMTABLE_BYTES`.
-const USERS_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
+/// each); the same size as `MEMTABLE_BYTES`, for the same reasons.
+const USERS_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Journals kept before the oldest memtables are flushed.
 const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 /// Rows recorded per fjall batch when catching up.
@@ -273,11 +282,11 @@ impl IdIndex {
     pub(crate) fn open(dir: &Path, window: Duration) -> Result<IdIndex, StoreError> {
         let err = |e: fjall::Error| index_error(dir, &e);
         let forget: Arc<dyn filter::Factory> = Arc::new(ForgetExpired { window });
-        // One background worker, as the embedded log has (more spin on 2 cores in fjall 3.1).
+        // Two background workers: one flushes while the other merges (see `MEMTABLE_BYTES`).
         let db = Database::builder(dir)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(MAX_JOURNALING_BYTES)
-            .worker_threads(1)
+            .worker_threads(2)
             .with_compaction_filter_factories(Arc::new(move |name: &str| {
                 (name == IDS).then(|| Arc::clone(&forget))
             }))

@@ -263,9 +263,9 @@ impl Store {
         // memtables stay in memory until flushed) let a busy log hold hundreds of MiB. Smaller
         // memtables and the smallest journal budget keep the process within its RSS target.
         //
-        // One background worker: with more, fjall 3.1's worker 0 hands every compaction request
-        // back to the queue and takes it again while the others are busy — a spin that cost a
-        // quarter of `sluice serve`'s CPU on 2 cores. One worker flushes and compacts in turn.
+        // One background worker, which flushes and compacts in turn. The warehouse index runs
+        // two, so that its long merges do not hold its flushes back (vendor/fjall/PATCHES.md);
+        // a second one for the log was not measured on its own.
         let db = Database::builder(&dir)
             .cache_size(config.cache_bytes)
             .max_journaling_size(MAX_JOURNALING_BYTES)

@@ -205,7 +205,8 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals();
     let store = open_store(&args.api.store).await?.into_warehouse();
     let log = open_log(&args.api.log, &[warehouse::GROUP]).await?;
-    let config = args.consumer.config()?;
+    let embedded_store = args.api.store.is_embedded();
+    let config = args.consumer.config(embedded_store)?;
     let first = create_first_keys(store.as_ref()).await?;
     let worker = tokio::spawn(run_warehouse(
         log.clone(),
@@ -233,7 +234,7 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         Some(tokio::spawn(run_fraud(
             log.clone(),
             store.clone(),
-            fraud_consumer(&args.consumer)?,
+            fraud_consumer(&args.consumer, embedded_store)?,
             args.fraud.config()?,
             Some(hook),
             shutdown.clone(),

@@ -129,15 +129,20 @@ pub struct ConsumerArgs {
     pub commit_batches: usize,
     /// Most megabytes of event payloads read from the log and not yet committed; the reader
     /// waits for room. Bounds the consumer's memory when the warehouse falls behind.
-    #[arg(long, env = "SLUICE_MAX_INFLIGHT_MB", default_value_t = 16)]
-    pub max_inflight_mb: usize,
+    /// [default: 16; 8 with the embedded warehouse]
+    #[arg(long, env = "SLUICE_MAX_INFLIGHT_MB")]
+    pub max_inflight_mb: Option<usize>,
     /// Deliveries after which an entry goes to the dead-letter stream.
     #[arg(long, env = "SLUICE_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
 }
 
 impl ConsumerArgs {
-    pub fn config(&self) -> anyhow::Result<ConsumerConfig> {
+    /// The consumer's settings. `embedded_store`: the warehouse is the embedded one, which
+    /// shares the process (and its memory budget) with the API and the log, and commits one
+    /// transaction at a time, so a smaller in-flight window costs it no throughput
+    /// (docs/benchmarks.md, session 23).
+    pub fn config(&self, embedded_store: bool) -> anyhow::Result<ConsumerConfig> {
         if self.batch_size == 0 || self.batch_size > 100_000 {
             anyhow::bail!("--batch-size must be between 1 and 100000");
         }
@@ -158,10 +163,13 @@ impl ConsumerArgs {
             anyhow::bail!("--commit-batches must be between 1 and 64");
         }
         c.commit_batches = self.commit_batches;
-        if self.max_inflight_mb == 0 || self.max_inflight_mb > 4096 {
+        let inflight_mb = self
+            .max_inflight_mb
+            .unwrap_or(if embedded_store { 8 } else { 16 });
+        if inflight_mb == 0 || inflight_mb > 4096 {
             anyhow::bail!("--max-inflight-mb must be between 1 and 4096");
         }
-        c.max_inflight_bytes = self.max_inflight_mb * 1024 * 1024;
+        c.max_inflight_bytes = inflight_mb * 1024 * 1024;
         Ok(c)
     }
 }
@@ -188,10 +196,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     match args.processor {
         ProcessorKind::Warehouse => {
             let sole_consumer = args.log.is_embedded();
-            run_warehouse(log, store, args.consumer.config()?, sole_consumer, shutdown).await
+            let config = args.consumer.config(args.store.is_embedded())?;
+            run_warehouse(log, store, config, sole_consumer, shutdown).await
         }
         ProcessorKind::Fraud => {
-            let config = fraud_consumer(&args.consumer)?;
+            let config = fraud_consumer(&args.consumer, args.store.is_embedded())?;
             run_fraud(log, store, config, args.fraud.config()?, None, shutdown).await
         }
     }
@@ -200,8 +209,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 /// The fraud worker's consumer settings: a stable default name (`fraud-HOST`, so a restart
 /// resumes its own pending entries), batches committed one at a time (its windows depend on the
 /// order).
-pub fn fraud_consumer(args: &ConsumerArgs) -> anyhow::Result<ConsumerConfig> {
-    let mut config = args.config()?;
+pub fn fraud_consumer(args: &ConsumerArgs, embedded_store: bool) -> anyhow::Result<ConsumerConfig> {
+    let mut config = args.config(embedded_store)?;
     if args.consumer.is_none() {
         config.consumer = format!("fraud-{}", gethostname::gethostname().to_string_lossy());
     }
