@@ -78,6 +78,9 @@ fn one_worker_flushes_while_the_other_compacts_without_spinning() {
         "the test must keep a worker compacting for a while: {compacting:.2} s"
     );
     let workers = worker_cpu_secs();
+    eprintln!(
+        "compacting {compacting:.2} s; CPU of the fjall workers, worker 0 first: {workers:?}"
+    );
     assert_eq!(workers.len(), 2, "two fjall:worker threads: {workers:?}");
     // Worker 0 only rotates and flushes memtables: a small part of the time the other one
     // compacts (leveled compaction of random keys rewrites each key several times). Spinning,

@@ -139,9 +139,9 @@ pub struct ConsumerArgs {
 
 impl ConsumerArgs {
     /// The consumer's settings. `embedded_store`: the warehouse is the embedded one, which
-    /// shares the process (and its memory budget) with the API and the log, and commits one
-    /// transaction at a time, so a smaller in-flight window costs it no throughput
-    /// (docs/benchmarks.md, session 23).
+    /// shares the process (and its memory budget) with the API and the log; a smaller in-flight
+    /// window lowered `sluice serve`'s memory peaks at the same CPU per event
+    /// (docs/benchmarks.md, sessions 22 and 23).
     pub fn config(&self, embedded_store: bool) -> anyhow::Result<ConsumerConfig> {
         if self.batch_size == 0 || self.batch_size > 100_000 {
             anyhow::bail!("--batch-size must be between 1 and 100000");
@@ -276,4 +276,32 @@ pub async fn run_warehouse(
     worker.run(shutdown.wait()).await?;
     let _ = housekeeping.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+    }
+
+    fn inflight(args: &[&str], embedded_store: bool) -> anyhow::Result<usize> {
+        let cli = Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))?;
+        Ok(cli.consumer.config(embedded_store)?.max_inflight_bytes)
+    }
+
+    #[test]
+    fn inflight_window_defaults_by_warehouse_and_follows_the_flag() {
+        const MIB: usize = 1024 * 1024;
+        assert_eq!(inflight(&[], true).expect("embedded"), 8 * MIB);
+        assert_eq!(inflight(&[], false).expect("postgres"), 16 * MIB);
+        let flag = ["--max-inflight-mb", "32"];
+        assert_eq!(inflight(&flag, true).expect("flag"), 32 * MIB);
+        assert_eq!(inflight(&flag, false).expect("flag"), 32 * MIB);
+        assert!(inflight(&["--max-inflight-mb", "0"], true).is_err());
+    }
 }
