@@ -1,6 +1,6 @@
-//! fjall with two background workers, as the embedded warehouse index runs it (the patched copy
-//! in `vendor/fjall`, see its PATCHES.md): worker 0 rotates and flushes memtables while the
-//! other worker compacts, and neither spins nor stops.
+//! fjall with two background workers, as the embedded log and the warehouse index run it (the
+//! patched copy in `vendor/fjall`, see its PATCHES.md): worker 0 rotates and flushes memtables
+//! while the other worker compacts, and neither spins nor stops.
 //!
 //! fjall 3.1.13 as released put a compaction request back on the shared queue whenever worker 0
 //! took one, and took it again at once while the other worker was busy, so worker 0 spun for as

@@ -263,13 +263,16 @@ impl Store {
         // memtables stay in memory until flushed) let a busy log hold hundreds of MiB. Smaller
         // memtables and the smallest journal budget keep the process within its RSS target.
         //
-        // One background worker, which flushes and compacts in turn. The warehouse index runs
-        // two, so that its long merges do not hold its flushes back (vendor/fjall/PATCHES.md);
-        // a second one for the log was not measured on its own.
+        // Two background workers (vendor/fjall/PATCHES.md): one seals and flushes memtables
+        // while the other compacts. With one, nothing sealed the active memtable during a
+        // compaction, and fjall holds writes back on the count of sealed memtables only: once
+        // the consumers were ~1M entries behind, the log's compactions were long and its
+        // active memtable grew to ~120 MB (heap peaks 510–590 MB in 600 s runs, 203 with two;
+        // docs/benchmarks.md, session 23).
         let db = Database::builder(&dir)
             .cache_size(config.cache_bytes)
             .max_journaling_size(MAX_JOURNALING_BYTES)
-            .worker_threads(1)
+            .worker_threads(2)
             .open()
             .map_err(err)?;
         let ks = |name: &str| {
