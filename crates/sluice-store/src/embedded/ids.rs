@@ -43,9 +43,9 @@
 //! against the entry.
 //!
 //! Keyspaces: `ids` ([`key`], a 16-byte hash of source and event id → when it was seen, µs),
-//! `users` ([`user_entry`], 24 bytes → nothing) and `meta` (`through`, the key layout). A data
-//! directory with an older layout (ids by their text, no `users`: before the user index moved
-//! here) is emptied at open and indexed again from `events`.
+//! `users` ([`user_entry`], 20 bytes → nothing) and `meta` (`through`, the key layout). A data
+//! directory with another layout (an older version's) is emptied at open and indexed again from
+//! `events`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,8 +54,8 @@ use std::time::Duration;
 
 use fjall::compaction::filter::{self, CompactionFilter, ItemAccessor, Verdict};
 use fjall::compaction::Leveled;
-use fjall::config::{FilterPolicy, FilterPolicyEntry, PinningPolicy};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::config::{CompressionPolicy, FilterPolicy, FilterPolicyEntry, PinningPolicy};
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rusqlite::{params, Connection};
 use sluice_core::warehouse::StoreError;
 
@@ -97,7 +97,7 @@ const TABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// ids, 3M events: the same CPU within the runs' spread). Look-ups try each level-0 table's
 /// filter, pinned in memory. fjall stalls writes at 20.
 const L0_TABLES: u8 = 16;
-/// Memtable of `users` (two entries per event with both a user and an anonymous id, 24 bytes
+/// Memtable of `users` (two entries per event with both a user and an anonymous id, 20 bytes
 /// each); the same size as `MEMTABLE_BYTES`, for the same reasons.
 const USERS_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Journals kept before the oldest memtables are flushed.
@@ -106,10 +106,11 @@ const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 const CATCH_UP_CHUNK: usize = 10_000;
 
 const THROUGH: &[u8] = b"through";
-/// The layout of the keys, in `meta`. Absent: the first one (ids by their text, no user index),
-/// whose index is rebuilt from `events` at open.
+/// The layout of the keys, in `meta`: 3 since user entries are 20 bytes (2: 24 bytes; absent:
+/// ids by their text, no user index). An index in another layout is rebuilt from `events` at
+/// open.
 const FORMAT: &[u8] = b"format";
-const CURRENT_FORMAT: u32 = 2;
+const CURRENT_FORMAT: u32 = 3;
 /// The keyspace of ids; the compaction filter applies to it alone.
 const IDS: &str = "ids";
 /// The keyspace of the user index.
@@ -117,13 +118,20 @@ const USERS: &str = "users";
 /// A keyspace of earlier versions (ids by time, for pruning), deleted at open.
 const OLD_SEEN: &str = "seen";
 
-/// The compaction strategy of `ids` and `users` (fixed when a keyspace is created).
-fn leveled() -> Arc<Leveled> {
-    Arc::new(
-        Leveled::default()
-            .with_table_target_size(TABLE_BYTES)
-            .with_l0_threshold(L0_TABLES),
-    )
+/// The options `ids` and `users` share (fixed when a keyspace is created): the compaction
+/// strategy, and data blocks left uncompressed at every level. fjall compresses them with LZ4
+/// from level 2 on, but hashed keys barely compress (the tables came out ~11 % smaller) and
+/// every compaction into those levels decompressed and compressed them again: LZ4 was 0.4 % of
+/// the index's CPU over its first 4M events, and more as the deeper levels fill (a profile of
+/// the index driven alone, docs/benchmarks.md, session 24).
+fn index_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .compaction_strategy(Arc::new(
+            Leveled::default()
+                .with_table_target_size(TABLE_BYTES)
+                .with_l0_threshold(L0_TABLES),
+        ))
+        .data_block_compression_policy(CompressionPolicy::all(CompressionType::None))
 }
 
 pub(crate) struct IdIndex {
@@ -160,19 +168,31 @@ fn push_part(k: &mut Vec<u8>, part: &str) {
     k.extend_from_slice(&part.as_bytes()[..usize::from(len)]);
 }
 
-/// A user-index entry: [`user_prefix`], the event's time (µs) and its rowid.
-pub(crate) type UserEntry = [u8; 24];
+/// A user-index entry: [`user_prefix`] (6 bytes), the event's time (µs, 8) and its rowid (6).
+/// 20 bytes: fjall keeps keys up to 20 bytes inline, so the memtable and compactions compare
+/// and copy them without a heap allocation each. Against 24-byte entries, with the index driven
+/// alone (the `index_cost` example) over 16M events: 11 MB less memory, the CPU the same within
+/// the runs' spread (docs/benchmarks.md, session 24). Rowids past 2⁴⁸ (2.8 × 10¹⁴: 178 years at
+/// 50,000 events/s) wrap: their entries name another row, which the query's check rejects.
+pub(crate) type UserEntry = [u8; USER_ENTRY_BYTES];
+const USER_ENTRY_BYTES: usize = 20;
+const USER_PREFIX_BYTES: usize = 6;
+const ROWID_BYTES: usize = 6;
 
-/// The start of every user-index entry of one user: a hash (XXH3, 64 bits) of the source,
-/// whether the id is an `anonymous_id`, and the id. Fixed and short, where the names are long
-/// and share prefixes: memtable inserts compare less and compactions move less. Two users with
-/// the same hash share entries; the query checks every event it reads against the user asked.
-pub(crate) fn user_prefix(source: &str, anonymous: bool, user: &str) -> [u8; 8] {
+/// The start of every user-index entry of one user: a hash (XXH3, the first 48 bits) of the
+/// source, whether the id is an `anonymous_id`, and the id. Fixed and short, where the names
+/// are long and share prefixes: memtable inserts compare less and compactions move less. Two
+/// users with the same hash share entries; the query checks every event it reads against the
+/// user asked.
+pub(crate) fn user_prefix(source: &str, anonymous: bool, user: &str) -> [u8; USER_PREFIX_BYTES] {
     let mut k = Vec::with_capacity(5 + source.len() + user.len());
     push_part(&mut k, source);
     k.push(u8::from(anonymous));
     push_part(&mut k, user);
-    xxhash_rust::xxh3::xxh3_64(&k).to_be_bytes()
+    let hash = xxhash_rust::xxh3::xxh3_64(&k).to_be_bytes();
+    let mut prefix = [0u8; USER_PREFIX_BYTES];
+    prefix.copy_from_slice(&hash[..USER_PREFIX_BYTES]);
+    prefix
 }
 
 /// One event's entry in the user index: a user's entries sort by time, then rowid.
@@ -183,19 +203,24 @@ pub(crate) fn user_entry(
     ts: i64,
     rowid: i64,
 ) -> UserEntry {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&user_prefix(source, anonymous, user));
-    k[8..16].copy_from_slice(&sortable(ts));
-    k[16..].copy_from_slice(&sortable(rowid));
+    const TS: usize = USER_PREFIX_BYTES;
+    let mut k = [0u8; USER_ENTRY_BYTES];
+    k[..TS].copy_from_slice(&user_prefix(source, anonymous, user));
+    k[TS..TS + 8].copy_from_slice(&sortable(ts));
+    // SQLite's rowids start at 1: the low 48 bits sort like the rowid below 2⁴⁸.
+    k[TS + 8..].copy_from_slice(&(rowid as u64).to_be_bytes()[8 - ROWID_BYTES..]);
     k
 }
 
 /// The time and rowid of a user-index entry.
 fn parse_user_entry(k: &[u8]) -> Option<(i64, i64)> {
-    Some((
-        from_sortable(k.get(8..16)?)?,
-        from_sortable(k.get(16..24)?)?,
-    ))
+    const TS: usize = USER_PREFIX_BYTES;
+    if k.len() != USER_ENTRY_BYTES {
+        return None;
+    }
+    let mut rowid = [0u8; 8];
+    rowid[8 - ROWID_BYTES..].copy_from_slice(&k[TS + 8..]);
+    Some((from_sortable(&k[TS..TS + 8])?, i64::from_be_bytes(rowid)))
 }
 
 /// The user-index entries of one events row: its user id's and its anonymous id's.
@@ -300,9 +325,8 @@ impl IdIndex {
         }
         let ks = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default()
+                index_options()
                     .max_memtable_size(MEMTABLE_BYTES)
-                    .compaction_strategy(leveled())
                     .filter_block_pinning_policy(PinningPolicy::all(true))
                     .index_block_pinning_policy(PinningPolicy::all(true))
             })
@@ -313,9 +337,8 @@ impl IdIndex {
         // pinned beyond fjall's defaults: user queries are rare next to commits.
         let users = db
             .keyspace(USERS, || {
-                KeyspaceCreateOptions::default()
+                index_options()
                     .max_memtable_size(USERS_MEMTABLE_BYTES)
-                    .compaction_strategy(leveled())
                     .filter_policy(FilterPolicy::all(FilterPolicyEntry::None))
             })
             .map_err(err)?;
@@ -478,6 +501,55 @@ impl IdIndex {
     }
 }
 
+/// The index alone, driven the way `commit_batch` drives it, without SQLite: to measure its
+/// cost per event as it grows (the `index_cost` example; cargo feature `testing`).
+#[cfg(feature = "testing")]
+pub struct IndexLoad {
+    index: IdIndex,
+    rowid: i64,
+}
+
+#[cfg(feature = "testing")]
+impl IndexLoad {
+    /// A fresh or existing index in `dir`, with the default dedupe window.
+    pub fn open(dir: &Path) -> Result<IndexLoad, StoreError> {
+        let window = super::SqliteOptions::default().dedupe_window;
+        Ok(IndexLoad {
+            index: IdIndex::open(dir, window)?,
+            rowid: 0,
+        })
+    }
+
+    /// One commit's work on the index for `events` (source, event id, user id), all received
+    /// at `now` (µs): the ids looked up in key order, then the new ones recorded with their
+    /// user entries, as `commit_batch` does after its SQLite transaction. Returns the new ids.
+    pub fn commit(&mut self, events: &[(&str, &str, &str)], now: i64) -> Result<usize, StoreError> {
+        let mut keys: Vec<IdKey> = events.iter().map(|(s, id, _)| key(s, id)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let since = self.index.window_start();
+        let mut new = Vec::with_capacity(keys.len());
+        for k in keys {
+            if !self.index.contains(&k, since)? {
+                new.push(k);
+            }
+        }
+        let mut users = Vec::with_capacity(events.len());
+        for (source, _, user) in events {
+            self.rowid += 1;
+            users.extend(user_entries(source, Some(user), None, now, self.rowid));
+        }
+        users.sort_unstable();
+        self.index.record(
+            new.iter().map(|k| (&k[..], now)),
+            users.iter(),
+            self.rowid,
+            false,
+        )?;
+        Ok(new.len())
+    }
+}
+
 /// Bring the index up to date with `events`: record the ids of the rows after `through` that
 /// are within the dedupe window (seen at their `received_at`) and the users of them all, then
 /// `through` = the last rowid, durably. An index ahead of the database is rebuilt. Returns the
@@ -604,7 +676,7 @@ mod tests {
             assert!(e.starts_with(&prefix));
         }
         assert_eq!(parse_user_entry(&entries[0]), Some((-5, 9)));
-        assert_eq!(parse_user_entry(&entries[0][..20]), None, "too short");
+        assert_eq!(parse_user_entry(&entries[0][..19]), None, "too short");
         // Another user, the same id as an anonymous id, another source, parts run together.
         for other in [
             user_prefix("s", false, "u2"),
@@ -660,8 +732,13 @@ mod tests {
         );
         assert_eq!(
             &user_prefix("s", true, "u")[..],
-            &xxhash_rust::xxh3::xxh3_64(b"\x00\x01s\x01\x00\x01u").to_be_bytes()[..]
+            &xxhash_rust::xxh3::xxh3_64(b"\x00\x01s\x01\x00\x01u").to_be_bytes()[..6]
         );
+        let entry = user_entry("s", true, "u", -1, 0x0102_0304_0506);
+        assert_eq!(&entry[..6], &user_prefix("s", true, "u")[..]);
+        assert_eq!(&entry[6..14], &sortable(-1)[..]);
+        assert_eq!(&entry[14..], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(parse_user_entry(&entry), Some((-1, 0x0102_0304_0506)));
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

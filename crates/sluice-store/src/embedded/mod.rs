@@ -22,6 +22,9 @@ mod migrate;
 mod query;
 mod sql;
 
+#[cfg(feature = "testing")]
+pub use ids::IndexLoad;
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
