@@ -7,24 +7,18 @@
 //! Prints a line every ~2M events: the process's CPU time per event (all threads: look-ups,
 //! memtable inserts, flushes and compactions) over those 2M and since the start, the rate, RSS.
 
+use std::path::Path;
 use std::time::Instant;
 
 use rand::Rng;
 use sluice_store::embedded::IndexLoad;
+use sluice_store::testing::stat_cpu_seconds;
 
 const REPORT_EVERY: u64 = 2_000_000;
-/// Clock ticks per second of `/proc/self/stat` times (`USER_HZ`, 100 on Linux).
-const TICKS_PER_SEC: f64 = 100.0;
 
 /// User + system CPU time of the whole process, in seconds.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f[i].parse::<f64>().expect("stat field");
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / TICKS_PER_SEC
+    stat_cpu_seconds(Path::new("/proc/self/stat")).expect("/proc/self/stat")
 }
 
 fn rss_mb() -> u64 {

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use fjall::compaction::Leveled;
 use fjall::{Database, KeyspaceCreateOptions};
+use sluice_store::testing::stat_cpu_seconds;
 
 /// Keys written: random 16-byte keys (as the dedupe index's hashes) with 8-byte values.
 const KEYS: u64 = 3_000_000;
 const PER_BATCH: u64 = 5_000;
-/// Clock ticks per second of `/proc/*/stat` times (`USER_HZ`, 100 on Linux).
-const TICKS_PER_SEC: f64 = 100.0;
 
 #[test]
 fn one_worker_flushes_while_the_other_compacts_without_spinning() {
@@ -112,13 +111,8 @@ fn worker_cpu_secs() -> Vec<f64> {
             .and_then(|n| n.to_str())
             .and_then(|n| n.parse().ok())
             .expect("thread id");
-        let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
-        // After the command name in parentheses: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        threads.push((tid, ticks as f64 / TICKS_PER_SEC));
+        let cpu = stat_cpu_seconds(&path.join("stat")).expect("thread stat");
+        threads.push((tid, cpu));
     }
     threads.sort_by_key(|&(tid, _)| tid);
     threads.into_iter().map(|(_, cpu)| cpu).collect()

@@ -119,19 +119,7 @@ pub(crate) fn commit_batch(
         .iter()
         .map(|r| ids::key(r.source, r.event_id))
         .collect();
-    // Looked up (and later recorded) in key order, each search of fjall's memtables starting
-    // near the last one, in cache; the sort is stable, so of two events with one id the
-    // earlier is claimed.
-    let mut by_key: Vec<usize> = (0..rows.len()).collect();
-    by_key.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
-    let mut claimed = vec![false; rows.len()];
-    let since = index.window_start();
-    let mut previous: Option<&[u8]> = None;
-    for &i in &by_key {
-        let k = &keys[i][..];
-        claimed[i] = previous != Some(k) && !index.contains(k, since)?;
-        previous = Some(k);
-    }
+    let claims = index.claim(&keys)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
@@ -145,7 +133,7 @@ pub(crate) fn commit_batch(
         let mut insert = tx.prepare_cached(sql::INSERT_EVENT).map_err(sqlite_error)?;
         let mut counts: HashMap<(i64, &str, &str), i64> = HashMap::new();
         let mut users: HashSet<(i64, &str, &str)> = HashSet::new();
-        for (r, _) in rows.iter().zip(&claimed).filter(|(_, &c)| c) {
+        for (r, _) in rows.iter().zip(&claims.claimed).filter(|(_, &c)| c) {
             insert
                 .execute(params![
                     r.event_id,
@@ -218,10 +206,7 @@ pub(crate) fn commit_batch(
     tx.commit().map_err(sqlite_error)?;
     user_entries.sort_unstable();
     if let Some(through) = last_rowid {
-        let new = by_key
-            .iter()
-            .filter(|&&i| claimed[i])
-            .map(|&i| (&keys[i][..], now));
+        let new = claims.new_keys(&keys).map(|k| (k, now));
         if let Err(e) = index.record(new, user_entries.iter(), through, false) {
             // Committed all the same: the next commit catches the index up from `events` first.
             tracing::warn!(error = %e, "recording the batch in the warehouse's indexes failed");

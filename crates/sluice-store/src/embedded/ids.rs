@@ -302,6 +302,25 @@ impl CompactionFilter for Expired {
     }
 }
 
+/// A batch's keys looked up ([`IdIndex::claim`]).
+pub(crate) struct Claims {
+    /// The keys' positions in key order.
+    by_key: Vec<usize>,
+    /// Per key, in the batch's order: whether its event is new.
+    pub(crate) claimed: Vec<bool>,
+}
+
+impl Claims {
+    /// The claimed keys, in key order: what [`IdIndex::record`] takes once their events are
+    /// stored.
+    pub(crate) fn new_keys<'a>(&'a self, keys: &'a [IdKey]) -> impl Iterator<Item = &'a [u8]> {
+        self.by_key
+            .iter()
+            .filter(|&&i| self.claimed[i])
+            .map(move |&i| &keys[i][..])
+    }
+}
+
 impl IdIndex {
     /// Open (or create) the index in `dir`; compactions forget the ids seen before `window`.
     pub(crate) fn open(dir: &Path, window: Duration) -> Result<IdIndex, StoreError> {
@@ -387,6 +406,24 @@ impl IdIndex {
         Ok(seen_at
             .and_then(|v| from_sortable(&v))
             .is_some_and(|at| at >= since))
+    }
+
+    /// Look a batch's `keys` up: a key is claimed when it is not stored within the window and
+    /// no earlier key of the batch is the same. Looked up in key order, each search of fjall's
+    /// memtables starting near the last one, in cache; the sort is stable, so of two events
+    /// with one id the earlier is claimed.
+    pub(crate) fn claim(&self, keys: &[IdKey]) -> Result<Claims, StoreError> {
+        let mut by_key: Vec<usize> = (0..keys.len()).collect();
+        by_key.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        let mut claimed = vec![false; keys.len()];
+        let since = self.window_start();
+        let mut previous: Option<&IdKey> = None;
+        for &i in &by_key {
+            let k = &keys[i];
+            claimed[i] = previous != Some(k) && !self.contains(k, since)?;
+            previous = Some(k);
+        }
+        Ok(Claims { by_key, claimed })
     }
 
     /// The largest events rowid whose event ids are all recorded (0: none).
@@ -524,16 +561,8 @@ impl IndexLoad {
     /// at `now` (µs): the ids looked up in key order, then the new ones recorded with their
     /// user entries, as `commit_batch` does after its SQLite transaction. Returns the new ids.
     pub fn commit(&mut self, events: &[(&str, &str, &str)], now: i64) -> Result<usize, StoreError> {
-        let mut keys: Vec<IdKey> = events.iter().map(|(s, id, _)| key(s, id)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let since = self.index.window_start();
-        let mut new = Vec::with_capacity(keys.len());
-        for k in keys {
-            if !self.index.contains(&k, since)? {
-                new.push(k);
-            }
-        }
+        let keys: Vec<IdKey> = events.iter().map(|(s, id, _)| key(s, id)).collect();
+        let claims = self.index.claim(&keys)?;
         let mut users = Vec::with_capacity(events.len());
         for (source, _, user) in events {
             self.rowid += 1;
@@ -541,12 +570,12 @@ impl IndexLoad {
         }
         users.sort_unstable();
         self.index.record(
-            new.iter().map(|k| (&k[..], now)),
+            claims.new_keys(&keys).map(|k| (k, now)),
             users.iter(),
             self.rowid,
             false,
         )?;
-        Ok(new.len())
+        Ok(claims.claimed.iter().filter(|&&c| c).count())
     }
 }
 

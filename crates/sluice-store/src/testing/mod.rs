@@ -6,6 +6,7 @@
 //! - [`PgProbe`]: reads a PostgreSQL warehouse's tables directly for assertions.
 //! - [`SqliteProbe`]: the same for the embedded (SQLite) warehouse.
 //! - [`conformance`]: the cases every `Warehouse` backend must pass.
+//! - [`stat_cpu_seconds`]: CPU time from `/proc`, for the tests and examples that measure it.
 
 pub mod conformance;
 mod sqlite;
@@ -23,6 +24,29 @@ use crate::{PgOptions, PgWarehouse};
 
 pub use conformance::Probe;
 pub use sqlite::SqliteProbe;
+
+/// Clock ticks per second of `/proc/*/stat` times (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// User + system CPU seconds of a process or thread, read from its `stat` file
+/// (`/proc/self/stat`, `/proc/self/task/TID/stat`).
+pub fn stat_cpu_seconds(stat_path: &std::path::Path) -> std::io::Result<f64> {
+    let stat = std::fs::read_to_string(stat_path)?;
+    let bad = || std::io::Error::other(format!("unexpected format of {}", stat_path.display()));
+    // After the command name, which is in parentheses and may hold spaces: utime and stime
+    // are fields 14 and 15 of the line, 12 and 13 after the name.
+    let rest = stat
+        .get(stat.rfind(')').ok_or_else(bad)? + 2..)
+        .ok_or_else(bad)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(bad)
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / TICKS_PER_SEC)
+}
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
