@@ -408,6 +408,88 @@ async fn large_backlog_reads_in_bounded_batches() {
     assert_eq!(log.len().await.expect("len"), 0);
 }
 
+/// Bytes of every file under `dir`.
+fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => disk_bytes(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Trimming drops the tables (and blob files) wholly below the trim point instead of writing a
+/// tombstone per entry: the disk is given back (once fjall's next version change lets go of the
+/// dropped files), and what stays on disk below the tail (in a table that also holds newer
+/// entries, or not yet flushed) is never read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_entries_leave_the_disk_and_are_never_read_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = EmbeddedLog::open(config(&dir.path().join("log")))
+        .await
+        .expect("open");
+    log.ensure_group("g", StartFrom::Beginning)
+        .await
+        .expect("group");
+    let tables = dir.path().join("log").join("keyspaces");
+    // Rounds of ~48 MB of payloads of ~1.2 KB (in blob files), each read, acknowledged and
+    // trimmed; the journal (up to 64 MiB) is left out of the count.
+    let pad = "x".repeat(1200);
+    let mut first = None;
+    let mut after_one_round = 0;
+    for round in 0..3 {
+        for b in 0..40 {
+            let records = (0..1000u32)
+                .map(|i| {
+                    let payload = format!(r#"{{"r":{round},"b":{b},"i":{i},"pad":"{pad}"}}"#);
+                    conformance::record(i % 4, payload)
+                })
+                .collect();
+            log.append(records).await.expect("append");
+        }
+        if round == 0 {
+            after_one_round = disk_bytes(&tables);
+            assert!(after_one_round > 30_000_000, "{after_one_round} bytes");
+        }
+        let got = conformance::drain(&log, "g", "c", 5000).await;
+        assert_eq!(got.len(), 40_000);
+        log.ack("g", &got).await.expect("ack");
+        first.get_or_insert_with(|| got[0].clone());
+        assert_eq!(log.trim().await.expect("trim"), 40_000);
+        assert_eq!(log.len().await.expect("len"), 0);
+    }
+    // Kept every round, the tables would hold three; the last round's may still be there.
+    let now = disk_bytes(&tables);
+    assert!(
+        now < after_one_round * 3 / 2,
+        "{now} bytes in the tables after three trimmed rounds of {after_one_round}"
+    );
+    // Nothing below the trim point comes back: not to a new group from the beginning, not to a
+    // group rewound before it.
+    log.ensure_group("late", StartFrom::Beginning)
+        .await
+        .expect("group");
+    assert!(conformance::drain(&log, "late", "c", 5000).await.is_empty());
+    let first = first.expect("a first entry");
+    log.rewind_group("g", &[(first.shard, first.id.clone())])
+        .await
+        .expect("rewind");
+    let lag = log.lag().await.expect("lag");
+    let g = lag.iter().find(|l| l.group == "g").expect("lag of g");
+    assert_eq!(g.undelivered, 0, "{lag:?}");
+    assert!(conformance::drain(&log, "g", "c", 5000).await.is_empty());
+    // New entries still flow.
+    log.append(conformance::records(&log, "after", 10))
+        .await
+        .expect("append");
+    assert_eq!(conformance::drain(&log, "g", "c", 100).await.len(), 10);
+}
+
 /// A reader without acknowledgements (the fraud worker) has no pending entries protecting what
 /// it read but has not committed: only `trim_keep` does. With it, recent entries stay however
 /// far every group has read; without it, they are trimmed at once.

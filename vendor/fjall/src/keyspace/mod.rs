@@ -864,6 +864,24 @@ impl Keyspace {
         self.tree.blob_file_count()
     }
 
+    /// Drops every table whose keys all lie in `range`, blocking the caller until it's done:
+    /// no tombstones are written, and blob files left without live values go with the
+    /// tables. Keys of `range` in memtables, or in tables that also hold keys outside it,
+    /// stay.
+    ///
+    /// (sluice patch: lsm-tree's `AbstractTree::drop_range`, which fjall 3.1 does not expose.)
+    ///
+    /// # Errors
+    ///
+    /// Will return `Err` if an IO error occurs.
+    pub fn drop_range<K: AsRef<[u8]>, R: std::ops::RangeBounds<K>>(
+        &self,
+        range: R,
+    ) -> crate::Result<()> {
+        self.tree.drop_range(range)?;
+        Ok(())
+    }
+
     /// Performs major compaction, blocking the caller until it's done.
     ///
     /// # Errors
