@@ -54,7 +54,9 @@ use std::time::Duration;
 
 use fjall::compaction::filter::{self, CompactionFilter, ItemAccessor, Verdict};
 use fjall::compaction::Leveled;
-use fjall::config::{CompressionPolicy, FilterPolicy, FilterPolicyEntry, PinningPolicy};
+use fjall::config::{
+    CompressionPolicy, FilterPolicy, FilterPolicyEntry, PartitioningPolicy, PinningPolicy,
+};
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rusqlite::{params, Connection};
 use sluice_core::warehouse::StoreError;
@@ -70,16 +72,23 @@ use super::{sql, sqlite_error};
 /// per event in `sluice serve`); 4 MiB ones cost no more CPU than one worker did
 /// (docs/benchmarks.md, session 23).
 const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
-/// Block cache (bloom filters and index blocks stay pinned besides). Look-ups mostly miss and
-/// stop at the filters; data blocks are read only for an id stored before or a false positive.
-///
-/// Pinned filters take ~10 bits per id of the dedupe window: ~1.2 MB per million ids, so the
-/// process grows by ~225 MB an hour at 50,000 events/s for as long as the window (7 days by
-/// default) keeps them. Leaving levels from 2 on to partitioned filters read through this
-/// cache kept that growth out of a 180 s run (RSS at the end 150 MB against 157–167) but cost
-/// ~1.5 µs per event, which pushed freshness past 2 s on 2 cores (docs/benchmarks.md,
-/// session 23). Bounding it is open work.
+/// Block cache: the filter partitions of levels 2 and deeper (see `PINNED_LEVELS`), and data
+/// blocks, read only for an id stored before or a false positive.
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
+/// Levels whose bloom filters and block indexes stay pinned in memory: level 0 and level 1.
+/// The deeper levels, which hold nearly every id, keep their filters on disk in partitions: a
+/// look-up reads the one partition it needs through the block cache (mostly from the OS's page
+/// cache), and a block index only when the filter lets the id through (an id stored before, or
+/// a false positive).
+///
+/// Pinned, they took ~1.2 bytes per id of the dedupe window (the filters ~10 bits), so the
+/// process grew by ~225 MB an hour at 50,000 events/s for as long as the window (7 days by
+/// default) kept them: in `sluice serve` at 50,000 events/s, RSS peaked at 226 MB in ten
+/// minutes. Unpinned from level 2 on: 195 MB (206 with only the filters unpinned), at 20 µs of
+/// CPU per event against 19 (docs/benchmarks.md, session 25; session 23 measured ~1.5 µs more
+/// per event on a slower machine). Fixed when a keyspace is created (fjall stores it with the
+/// keyspace's options): an older data directory keeps everything pinned.
+const PINNED_LEVELS: [bool; 3] = [true, true, false];
 /// Size of the tables compactions write (fjall's default 64 MiB). Level 1 holds
 /// `TABLE_BYTES × L0_TABLES` (32 MiB), and since the keys are hashes, a merge from level 0
 /// rewrites all of it, while flushes wait: with 8 MiB tables (a 128 MiB level 1) merges grew to
@@ -346,8 +355,11 @@ impl IdIndex {
             db.keyspace(name, || {
                 index_options()
                     .max_memtable_size(MEMTABLE_BYTES)
-                    .filter_block_pinning_policy(PinningPolicy::all(true))
-                    .index_block_pinning_policy(PinningPolicy::all(true))
+                    .filter_block_pinning_policy(PinningPolicy::new(PINNED_LEVELS))
+                    .filter_block_partitioning_policy(PartitioningPolicy::new(
+                        PINNED_LEVELS.map(|pinned| !pinned),
+                    ))
+                    .index_block_pinning_policy(PinningPolicy::new(PINNED_LEVELS))
             })
             .map_err(err)
         };

@@ -965,11 +965,12 @@ impl Store {
         //
         // No tombstones: the tail moves to the bound (durably, with the count of entries below
         // it), every reader starts at the tail, and the tables wholly below it are then dropped
-        // with their blob files. Tombstones for every trimmed entry had compactions merge them
-        // into the tables below at each level, and once trimming began (after `trim_keep`) the
-        // log's fjall workers went from ~0.3 to a whole core at 50,000 events/s
-        // (docs/benchmarks.md, session 25). Entries below the tail in a table that also holds
-        // newer ones stay on disk until a later trim passes that table's last key.
+        // with their blob files. A tombstone per trimmed entry had compactions merge them into
+        // the tables below at each level: once trimming began (after `trim_keep`), fjall's
+        // workers took a whole core at 50,000 events/s (docs/benchmarks.md, session 25).
+        // Entries below the tail in a table that also holds newer ones stay on disk until a
+        // later trim passes that table's last key. The tail is written durably first: dropped
+        // tables are gone for good, and the count below the tail must cover them.
         let mut removed_total = 0;
         for (shard, (bound, tail)) in (0u32..).zip(bounds.into_iter().zip(tails)) {
             if bound <= tail.below {
