@@ -3,6 +3,8 @@
 # fresh data directory, `sluice bench --verify` at a target rate, serve's RSS sampled.
 # Usage: scripts/bench/embedded.sh RATE [DURATION] [extra serve flags...]
 # B=BINARY runs another build (serve and bench); BENCH=BINARY another build's load generator.
+# VERIFY_TIMEOUT (default 600s): how long --verify waits for every acked event; counting tens of
+# millions of events beside serve takes minutes, and a count that ends past the deadline is final.
 # Keeps the memory samples (every 0.5 s, MB: RSS total, anonymous, file-backed; the allocator's
 # heap in use and resident pages, from /metrics) in /tmp/embedded-rss
 # and serve's log in /tmp/embedded-serve.log; STOP_WAIT=SECONDS waits that long after stopping
@@ -43,7 +45,7 @@ cpu0=$(cpu $SERVE)
   done ) > "$DATA/rss" &
 /usr/bin/time -f "bench CPU: %U s user + %S s system" -o "$DATA/bench.time" \
   $BENCH bench --url "http://127.0.0.1:$PORT" --write-key "$KEY" --rate "$RATE" --batch-size 100 \
-  --concurrency 50 --duration "$DUR" --verify --store "embedded:$DATA/d" | tee "$DATA/bench.json"
+  --concurrency 50 --duration "$DUR" --verify --verify-timeout "${VERIFY_TIMEOUT:-600s}" --store "embedded:$DATA/d" | tee "$DATA/bench.json"
 cpu1=$(cpu $SERVE)
 landed=$(grep -oE '"landed": [0-9]+' "$DATA/bench.json" | grep -oE '[0-9]+$')
 cat "$DATA/bench.time"

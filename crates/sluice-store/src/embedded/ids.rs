@@ -72,8 +72,9 @@ use super::{sql, sqlite_error};
 /// per event in `sluice serve`); 4 MiB ones cost no more CPU than one worker did
 /// (docs/benchmarks.md, session 23).
 const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
-/// Block cache: the filter partitions of levels 2 and deeper (see `PINNED_LEVELS`), and data
-/// blocks, read only for an id stored before or a false positive.
+/// Block cache, shared by the index's keyspaces: the filter partitions and block indexes of
+/// levels 2 and deeper (see `PINNED_LEVELS`), and data blocks, read only for an id stored
+/// before or a false positive.
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 /// Levels whose bloom filters and block indexes stay pinned in memory: level 0 and level 1.
 /// The deeper levels, which hold nearly every id, keep their filters on disk in partitions: a
