@@ -126,6 +126,9 @@ pub struct Settled {
 }
 
 /// Wait until the warehouse holds every acked event of the run (or `timeout`), then count.
+/// The answer is a count begun after the deadline at the latest: counting tens of millions of
+/// events can take minutes, and a count begun before the deadline reflects the warehouse as it
+/// was then.
 pub async fn settle(
     store: &dyn Warehouse,
     source: &str,
@@ -149,12 +152,13 @@ pub async fn settle(
     };
     let unacked_landed = unacked_stored().await?;
     loop {
+        let past_deadline = started.elapsed() > timeout;
         let (rows, distinct) = store
             .count_by_id_prefix(source, &prefix)
             .await
             .context("counting the run's events")?;
         // Unacked events may still land late; recount them at the end.
-        if distinct >= acked + unacked_landed || started.elapsed() > timeout {
+        if distinct >= acked + unacked_landed || past_deadline {
             let late_unacked = unacked_stored().await?;
             let landed_acked = distinct.saturating_sub(late_unacked);
             return Ok(Settled {
