@@ -4,7 +4,8 @@
 # Usage: scripts/bench/embedded.sh RATE [DURATION] [extra serve flags...]
 # B=BINARY runs another build (serve and bench); BENCH=BINARY another build's load generator.
 # VERIFY_TIMEOUT (default 600s): how long --verify waits for every acked event; counting tens of
-# millions of events beside serve takes minutes, and a count that ends past the deadline is final.
+# millions of events beside serve takes minutes (the answer is the first count to find them all,
+# or the first one begun after the deadline).
 # Keeps the memory samples (every 0.5 s, MB: RSS total, anonymous, file-backed; the allocator's
 # heap in use and resident pages, from /metrics) in /tmp/embedded-rss
 # and serve's log in /tmp/embedded-serve.log; STOP_WAIT=SECONDS waits that long after stopping

@@ -417,7 +417,7 @@ const INLINE_ENTRIES: usize = 2;
 /// window fills up to its threshold and empties when it fires or goes quiet; kept at its
 /// largest, every subject's buffer crept up to the most it ever held, and the windows grew for
 /// as long as the run (`fraud_memory`, 5,000 users at 50,000 events/s: RSS 57 MB at 60 s, 64 at
-/// 200 s, 68 at 600 s, with the same ~559,000 ids held; 53 MB throughout with this, for ~4 %
+/// 200 s, 68 at 600 s, with the same ~559,000 ids held; 53 MB throughout with this, for ~6 %
 /// more of the detector's CPU). The quarter keeps a window that hovers around one size from
 /// reallocating at each event.
 fn fit<A: smallvec::Array>(buffer: &mut SmallVec<A>) {
