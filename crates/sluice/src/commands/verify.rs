@@ -126,9 +126,9 @@ pub struct Settled {
 }
 
 /// Wait until the warehouse holds every acked event of the run (or `timeout`), then count.
-/// The answer is a count begun after the deadline at the latest: counting tens of millions of
-/// events can take minutes, and a count begun before the deadline reflects the warehouse as it
-/// was then.
+/// The answer is the first count that finds them all, or else the first one begun after the
+/// deadline: counting tens of millions of events can take minutes, and a count begun before the
+/// deadline shows the warehouse as it was then.
 pub async fn settle(
     store: &dyn Warehouse,
     source: &str,
