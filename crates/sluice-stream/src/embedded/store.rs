@@ -678,8 +678,8 @@ impl Store {
     ) -> Result<(), LogError> {
         // Counting the entries in between must not race a trim deleting them.
         let _no_trim = lock(&self.trim_lock);
-        let mut st = lock(&self.state);
-        let tails: Vec<Id> = st.tails.iter().map(|t| t.below).collect();
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         let g = st
             .groups
             .get_mut(group)
@@ -693,7 +693,7 @@ impl Store {
                 (pos.last, to)
             };
             // What is below the tail is trimmed, though its table may still hold it.
-            let from = lo.successor().max(tails[*shard as usize]);
+            let from = lo.successor().max(st.tails[*shard as usize].below);
             let between = self.events[*shard as usize]
                 .range(keys::event_key(*shard, from)..=keys::event_key(*shard, hi))
                 .count() as u64;
@@ -756,9 +756,8 @@ impl Store {
         pick: impl Fn(&Pending) -> bool,
     ) -> Result<Vec<Entry>, LogError> {
         check_name("consumer", consumer)?;
-        let mut st = lock(&self.state);
-        // Entries below a shard's tail are trimmed, though their table may still hold them.
-        let tails: Vec<Id> = st.tails.iter().map(|t| t.below).collect();
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         let g = st
             .groups
             .get_mut(group)
@@ -779,7 +778,8 @@ impl Store {
         let mut gone = Vec::new();
         for ((shard, id), deliveries) in chosen {
             let key = keys::pending_key(group, shard, id);
-            let stored = if id < tails[shard as usize] {
+            // Entries below a shard's tail are trimmed, though their table may still hold them.
+            let stored = if id < st.tails[shard as usize].below {
                 None
             } else {
                 self.events[shard as usize]
