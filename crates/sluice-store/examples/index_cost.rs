@@ -15,8 +15,6 @@ use sluice_store::embedded::IndexLoad;
 use sluice_store::testing::stat_cpu_seconds;
 
 const REPORT_EVERY: u64 = 2_000_000;
-/// The rate the events' times follow: `sluice serve`'s target.
-const STAMPED_PER_SECOND: i64 = 50_000;
 
 /// User + system CPU time of the whole process, in seconds.
 fn cpu_seconds() -> f64 {
@@ -49,7 +47,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run: u32 = rng.random();
     let user_names: Vec<String> = (0..users).map(|u| format!("user-{u}")).collect();
     let (start, cpu0) = (Instant::now(), cpu_seconds());
-    let first_stamp = chrono::Utc::now().timestamp_micros();
     let (mut last, mut cpu_last) = (start, cpu0);
     let (mut done, mut reported) = (0u64, 0u64);
     let mut ids: Vec<String> = Vec::with_capacity(batch as usize);
@@ -64,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ("bench", id.as_str(), user.as_str())
             })
             .collect();
-        let now = first_stamp + done as i64 * 1_000_000 / STAMPED_PER_SECOND;
+        let now = chrono::Utc::now().timestamp_micros();
         let new = index.commit(&events, now)?;
         assert_eq!(new, n, "a fresh random id was found in the index");
         done += n as u64;

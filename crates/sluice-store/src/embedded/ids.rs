@@ -116,11 +116,11 @@ const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 const CATCH_UP_CHUNK: usize = 10_000;
 
 const THROUGH: &[u8] = b"through";
-/// The layout of the keys, in `meta`: 4 since user entries lead with their time's bucket (3:
-/// with the user, in 20 bytes; 2: in 24 bytes; absent: ids by their text, no user index). An index in another layout is rebuilt from `events` at
+/// The layout of the keys, in `meta`: 3 since user entries are 20 bytes (2: 24 bytes; absent:
+/// ids by their text, no user index). An index in another layout is rebuilt from `events` at
 /// open.
 const FORMAT: &[u8] = b"format";
-const CURRENT_FORMAT: u32 = 4;
+const CURRENT_FORMAT: u32 = 3;
 /// The keyspace of ids; the compaction filter applies to it alone.
 const IDS: &str = "ids";
 /// The keyspace of the user index.
@@ -178,20 +178,7 @@ fn push_part(k: &mut Vec<u8>, part: &str) {
     k.extend_from_slice(&part.as_bytes()[..usize::from(len)]);
 }
 
-/// A user-index entry: 160 bits, in this order (big-endian, so that entries sort by them): the
-/// bucket of the event's time (its top 38 bits, ~67 s: [`BUCKET_BITS`]), [`user_prefix`] (48),
-/// the rest of the time (26) and the rowid (48).
-///
-/// The bucket leads so that the entries of live events, nearly all stamped within the last
-/// minute, land in one narrow range of keys: fjall merges that range with the few tables that
-/// hold it and moves the tables of older buckets down its levels whole, instead of merging
-/// every new table into the whole index (where keys led by the user spread each memtable over
-/// every table below it). With the index driven alone at 50,000 events/s (`index_cost`, 30M
-/// events), the user index's share went from ~3.8 µs to ~1.5 µs of CPU per event
-/// (docs/benchmarks.md, session 27). The price is in the query: a user's newest entries are read
-/// bucket by bucket, newest first, down to the bucket that completes the answer — or through
-/// every bucket, for a user with fewer events than asked ([`IdIndex::newest_user_entries`]).
-///
+/// A user-index entry: [`user_prefix`] (6 bytes), the event's time (µs, 8) and its rowid (6).
 /// 20 bytes: fjall keeps keys up to 20 bytes inline, so the memtable and compactions compare
 /// and copy them without a heap allocation each. Against 24-byte entries, with the index driven
 /// alone (the `index_cost` example) over 16M events: 11 MB less memory, the CPU the same within
@@ -199,99 +186,23 @@ fn push_part(k: &mut Vec<u8>, part: &str) {
 /// 50,000 events/s) wrap: their entries name another row, which the query's check rejects.
 pub(crate) type UserEntry = [u8; USER_ENTRY_BYTES];
 const USER_ENTRY_BYTES: usize = 20;
-/// The low bits of an event's time (µs) below its bucket: buckets of 2²⁶ µs (~67 s) hold ~3.4M
-/// entries at 50,000 events/s, about three times what level 1 holds (`L0_TABLES` ×
-/// `TABLE_BYTES`), so a bucket's entries are merged a level or two deep and then only moved.
-const BUCKET_BITS: u32 = 26;
-const PREFIX_BITS: u32 = 48;
-const ROWID_BITS: u32 = 48;
-const fn low_bits(n: u32) -> u64 {
-    (1 << n) - 1
-}
+const USER_PREFIX_BYTES: usize = 6;
+const ROWID_BYTES: usize = 6;
 
-/// The hash (XXH3, its first 48 bits) of the source, whether the id is an `anonymous_id`, and
-/// the id: one user's part of every one of its entries. Fixed and short, where the names are
-/// long and share prefixes: memtable inserts compare less and compactions move less. Two users
-/// with the same hash share entries; the query checks every event it reads against the user
-/// asked.
-pub(crate) fn user_prefix(source: &str, anonymous: bool, user: &str) -> u64 {
+/// The start of every user-index entry of one user: a hash (XXH3, the first 48 bits) of the
+/// source, whether the id is an `anonymous_id`, and the id. Fixed and short, where the names
+/// are long and share prefixes: memtable inserts compare less and compactions move less. Two
+/// users with the same hash share entries; the query checks every event it reads against the
+/// user asked.
+pub(crate) fn user_prefix(source: &str, anonymous: bool, user: &str) -> [u8; USER_PREFIX_BYTES] {
     let mut k = Vec::with_capacity(5 + source.len() + user.len());
     push_part(&mut k, source);
     k.push(u8::from(anonymous));
     push_part(&mut k, user);
-    xxhash_rust::xxh3::xxh3_64(&k) >> (64 - PREFIX_BITS)
-}
-
-/// The parts of a user-index entry, as [`UserEntry`] lays them out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct UserKey {
-    /// The top bits of the event's time, as [`sortable`] orders it.
-    bucket: u64,
-    prefix: u64,
-    /// The rest of the time.
-    low: u64,
-    rowid: u64,
-}
-
-impl UserKey {
-    fn new(prefix: u64, ts: i64, rowid: i64) -> UserKey {
-        let time = u64::from_be_bytes(sortable(ts));
-        UserKey {
-            bucket: time >> BUCKET_BITS,
-            prefix,
-            low: time & low_bits(BUCKET_BITS),
-            // SQLite's rowids start at 1: the low 48 bits sort like the rowid below 2⁴⁸.
-            rowid: rowid as u64 & low_bits(ROWID_BITS),
-        }
-    }
-
-    /// The first and the last entry `prefix` can have in `bucket`.
-    fn bucket_bounds(bucket: u64, prefix: u64) -> (UserEntry, UserEntry) {
-        let (low, rowid) = (low_bits(BUCKET_BITS), low_bits(ROWID_BITS));
-        let at = |low, rowid| {
-            UserKey {
-                bucket,
-                prefix,
-                low,
-                rowid,
-            }
-            .encode()
-        };
-        (at(0, 0), at(low, rowid))
-    }
-
-    fn encode(self) -> UserEntry {
-        let head = (u128::from(self.bucket) << (PREFIX_BITS + BUCKET_BITS))
-            | (u128::from(self.prefix) << BUCKET_BITS)
-            | u128::from(self.low);
-        let mut k = [0u8; USER_ENTRY_BYTES];
-        k[..14].copy_from_slice(&head.to_be_bytes()[2..]);
-        k[14..].copy_from_slice(&self.rowid.to_be_bytes()[2..]);
-        k
-    }
-
-    fn decode(k: &[u8]) -> Option<UserKey> {
-        if k.len() != USER_ENTRY_BYTES {
-            return None;
-        }
-        let (mut head, mut rowid) = ([0u8; 16], [0u8; 8]);
-        head[2..].copy_from_slice(&k[..14]);
-        rowid[2..].copy_from_slice(&k[14..]);
-        let head = u128::from_be_bytes(head);
-        let bits = |shift: u32, n: u32| (head >> shift) as u64 & low_bits(n);
-        Some(UserKey {
-            bucket: bits(PREFIX_BITS + BUCKET_BITS, 64 - BUCKET_BITS),
-            prefix: bits(BUCKET_BITS, PREFIX_BITS),
-            low: bits(0, BUCKET_BITS),
-            rowid: u64::from_be_bytes(rowid),
-        })
-    }
-
-    /// The event's time (µs) and rowid.
-    fn time_and_rowid(self) -> (i64, i64) {
-        let time = (self.bucket << BUCKET_BITS) | self.low;
-        ((time ^ (1 << 63)) as i64, self.rowid as i64)
-    }
+    let hash = xxhash_rust::xxh3::xxh3_64(&k).to_be_bytes();
+    let mut prefix = [0u8; USER_PREFIX_BYTES];
+    prefix.copy_from_slice(&hash[..USER_PREFIX_BYTES]);
+    prefix
 }
 
 /// One event's entry in the user index: a user's entries sort by time, then rowid.
@@ -302,7 +213,24 @@ pub(crate) fn user_entry(
     ts: i64,
     rowid: i64,
 ) -> UserEntry {
-    UserKey::new(user_prefix(source, anonymous, user), ts, rowid).encode()
+    const TS: usize = USER_PREFIX_BYTES;
+    let mut k = [0u8; USER_ENTRY_BYTES];
+    k[..TS].copy_from_slice(&user_prefix(source, anonymous, user));
+    k[TS..TS + 8].copy_from_slice(&sortable(ts));
+    // SQLite's rowids start at 1: the low 48 bits sort like the rowid below 2⁴⁸.
+    k[TS + 8..].copy_from_slice(&(rowid as u64).to_be_bytes()[8 - ROWID_BYTES..]);
+    k
+}
+
+/// The time and rowid of a user-index entry.
+fn parse_user_entry(k: &[u8]) -> Option<(i64, i64)> {
+    const TS: usize = USER_PREFIX_BYTES;
+    if k.len() != USER_ENTRY_BYTES {
+        return None;
+    }
+    let mut rowid = [0u8; 8];
+    rowid[8 - ROWID_BYTES..].copy_from_slice(&k[TS + 8..]);
+    Some((from_sortable(&k[TS..TS + 8])?, i64::from_be_bytes(rowid)))
 }
 
 /// The user-index entries of one events row: its user id's and its anonymous id's.
@@ -573,56 +501,20 @@ impl IdIndex {
         batch.commit().map_err(|e| self.err(&e))
     }
 
-    /// The (time, rowid) of a user's entries ([`user_prefix`]), newest first: bucket by bucket
-    /// ([`UserEntry`]), from the newest one the index holds down, each read backwards for the
-    /// user's entries; the next bucket is the one of the last key below the bucket just read.
-    /// Two seeks a bucket, whether the user has entries in it or not; nothing is read past the
-    /// bucket in which the caller stops.
+    /// The (time, rowid) of a user's entries ([`user_prefix`]), newest first.
     pub(crate) fn newest_user_entries(
         &self,
-        prefix: u64,
+        prefix: &[u8],
     ) -> impl Iterator<Item = Result<(i64, i64), StoreError>> + '_ {
-        // The first key of the bucket read last (none yet: start at the newest key).
-        let mut below: Option<UserEntry> = None;
-        let mut entries: Option<std::iter::Rev<fjall::Iter>> = None;
-        let mut done = false;
-        let parse = move |guard: fjall::Guard| {
+        self.users.prefix(prefix).rev().map(move |guard| {
             let k = guard.key().map_err(|e| self.err(&e))?;
-            UserKey::decode(&k).ok_or_else(|| self.malformed())
-        };
-        std::iter::from_fn(move || loop {
-            if done {
-                return None;
-            }
-            if let Some(guard) = entries.as_mut().and_then(Iterator::next) {
-                return Some(parse(guard).map(UserKey::time_and_rowid));
-            }
-            let newest_below = match &below {
-                None => self.users.iter().next_back(),
-                Some(first) => self.users.range(..&first[..]).next_back(),
-            };
-            let Some(guard) = newest_below else {
-                done = true;
-                return None;
-            };
-            let bucket = match parse(guard) {
-                Ok(k) => k.bucket,
-                Err(e) => {
-                    done = true;
-                    return Some(Err(e));
-                }
-            };
-            let (first, last) = UserKey::bucket_bounds(bucket, prefix);
-            below = Some(UserKey::bucket_bounds(bucket, 0).0);
-            entries = Some(self.users.range(first..=last).rev());
+            parse_user_entry(&k).ok_or_else(|| {
+                StoreError::Other(format!(
+                    "a malformed key in the user index {}",
+                    self.dir.display()
+                ))
+            })
         })
-    }
-
-    fn malformed(&self) -> StoreError {
-        StoreError::Other(format!(
-            "a malformed key in the user index {}",
-            self.dir.display()
-        ))
     }
 
     /// Entries in the user index (tests).
@@ -810,43 +702,24 @@ mod tests {
         }
     }
 
-    /// ~67 s in µs: the span of one bucket of the user index.
-    const BUCKET_US: i64 = 1 << BUCKET_BITS;
-
     #[test]
-    fn user_entries_sort_by_bucket_then_user_then_time_and_rowid() {
-        let entry = |user: &str, ts: i64, rowid: i64| user_entry("s", false, user, ts, rowid);
-        // One user's entries, oldest first: in one bucket and across buckets.
-        let mine = [
-            entry("u1", i64::MIN, 1),
-            entry("u1", -5, 9),
-            entry("u1", 0, 3),
-            entry("u1", 0, 4),
-            entry("u1", BUCKET_US, 2),
-            entry("u1", 1_700_000_000_000_000, 1),
-            entry("u1", i64::MAX, 1 << 47),
+    fn a_users_entries_share_a_prefix_and_sort_by_time_then_rowid() {
+        let prefix = user_prefix("s", false, "u1");
+        let entries = [
+            user_entry("s", false, "u1", -5, 9),
+            user_entry("s", false, "u1", 0, 3),
+            user_entry("s", false, "u1", 0, 4),
+            user_entry("s", false, "u1", 1_700_000_000_000_000, 1),
         ];
-        for w in mine.windows(2) {
+        for w in entries.windows(2) {
             assert!(w[0] < w[1]);
         }
-        let decoded = |k: &UserEntry| UserKey::decode(k).map(UserKey::time_and_rowid);
-        assert_eq!(decoded(&mine[0]), Some((i64::MIN, 1)));
-        assert_eq!(decoded(&mine[1]), Some((-5, 9)));
-        assert_eq!(decoded(&mine[6]), Some((i64::MAX, 1 << 47)));
-        assert_eq!(UserKey::decode(&mine[0][..19]), None, "too short");
-        // A bucket's bounds for a user hold its entries there and no one else's; the bucket
-        // comes first, so another user's entry of an older bucket sorts before them all.
-        let bucket = UserKey::decode(&mine[2]).expect("entry").bucket;
-        let (first, last) = UserKey::bucket_bounds(bucket, user_prefix("s", false, "u1"));
-        for e in &mine[2..4] {
-            assert!(first <= *e && *e <= last);
+        for e in &entries {
+            assert!(e.starts_with(&prefix));
         }
-        for other in [entry("u2", 0, 3), mine[1], mine[4]] {
-            assert!(other < first || last < other);
-        }
-        assert!(entry("u0", -1, 3) < first && entry("zz", -1, 3) < first);
+        assert_eq!(parse_user_entry(&entries[0]), Some((-5, 9)));
+        assert_eq!(parse_user_entry(&entries[0][..19]), None, "too short");
         // Another user, the same id as an anonymous id, another source, parts run together.
-        let prefix = user_prefix("s", false, "u1");
         for other in [
             user_prefix("s", false, "u2"),
             user_prefix("s", true, "u1"),
@@ -867,68 +740,28 @@ mod tests {
     }
 
     #[test]
-    fn users_entries_are_listed_newest_first_across_buckets() {
+    fn users_entries_are_listed_newest_first_by_prefix() {
         let dir = tempfile::tempdir().expect("temp dir");
         let index = IdIndex::open(dir.path(), HOUR).expect("open");
-        let day = 86_400_000_000;
-        // (time, rowid): in one bucket, in the next, a day later, and a year before.
-        let mine = [
-            (5, 1),
-            (9, 2),
-            (9, 3),
-            (7, 4),
-            (BUCKET_US + 1, 5),
-            (day, 6),
-            (-365 * day, 7),
-        ];
-        // Someone else's, in my buckets, in buckets of their own, and newer than all of mine.
-        let yours = [(8, 8), (3 * BUCKET_US, 9), (2 * day, 10), (-400 * day, 11)];
+        let mine = [(5, 1), (9, 2), (9, 3), (7, 4)];
         let entries: Vec<UserEntry> = mine
             .iter()
             .map(|&(ts, rowid)| user_entry("s", false, "me", ts, rowid))
-            .chain(
-                yours
-                    .iter()
-                    .map(|&(ts, rowid)| user_entry("s", false, "you", ts, rowid)),
-            )
+            .chain([user_entry("s", false, "you", 8, 5)])
             .collect();
         index
-            .record(std::iter::empty(), entries.iter(), 11, false)
+            .record(std::iter::empty(), entries.iter(), 5, false)
             .expect("record");
-        let newest = |index: &IdIndex, user: &str| -> Vec<(i64, i64)> {
+        let newest = |index: &IdIndex| -> Vec<(i64, i64)> {
             index
-                .newest_user_entries(user_prefix("s", false, user))
+                .newest_user_entries(&user_prefix("s", false, "me"))
                 .collect::<Result<_, _>>()
                 .expect("entries")
         };
-        let expected = [
-            (day, 6),
-            (BUCKET_US + 1, 5),
-            (9, 3),
-            (9, 2),
-            (7, 4),
-            (5, 1),
-            (-365 * day, 7),
-        ];
-        assert_eq!(newest(&index, "me"), expected);
-        assert_eq!(
-            newest(&index, "you"),
-            [(2 * day, 10), (3 * BUCKET_US, 9), (8, 8), (-400 * day, 11)]
-        );
-        assert_eq!(newest(&index, "nobody"), []);
-        let first_two: Vec<(i64, i64)> = index
-            .newest_user_entries(user_prefix("s", false, "me"))
-            .take(2)
-            .collect::<Result<_, _>>()
-            .expect("entries");
-        assert_eq!(first_two, expected[..2]);
+        assert_eq!(newest(&index), [(9, 3), (9, 2), (7, 4), (5, 1)]);
         index.forget_users(&entries[1..2]).expect("forget");
-        index.forget_users(&entries[5..6]).expect("forget");
-        assert_eq!(
-            newest(&index, "me"),
-            [(BUCKET_US + 1, 5), (9, 3), (7, 4), (5, 1), (-365 * day, 7)]
-        );
-        assert_eq!(index.through().expect("through"), 11);
+        assert_eq!(newest(&index), [(9, 3), (7, 4), (5, 1)]);
+        assert_eq!(index.through().expect("through"), 5);
     }
 
     #[test]
@@ -940,28 +773,14 @@ mod tests {
             xxhash_rust::xxh3::xxh3_128(b"\x00\x01sid").to_be_bytes()
         );
         assert_eq!(
-            user_prefix("s", true, "u"),
-            xxhash_rust::xxh3::xxh3_64(b"\x00\x01s\x01\x00\x01u") >> 16
+            &user_prefix("s", true, "u")[..],
+            &xxhash_rust::xxh3::xxh3_64(b"\x00\x01s\x01\x00\x01u").to_be_bytes()[..6]
         );
-        // Time 0x0400_0001 µs: bucket 2³⁷ + 1 (the sign bit flipped, 26 bits dropped), 1 left.
-        let parts = UserKey::new(0xAAAA_BBBB_CCCC, 0x0400_0001, 0x0102_0304_0506);
-        assert_eq!(
-            parts,
-            UserKey {
-                bucket: (1 << 37) + 1,
-                prefix: 0xAAAA_BBBB_CCCC,
-                low: 1,
-                rowid: 0x0102_0304_0506
-            }
-        );
-        assert_eq!(
-            parts.encode(),
-            [
-                0x80, 0x00, 0x00, 0x00, 0x06, 0xaa, 0xaa, 0xee, 0xef, 0x33, 0x30, 0x00, 0x00, 0x01,
-                0x01, 0x02, 0x03, 0x04, 0x05, 0x06
-            ]
-        );
-        assert_eq!(UserKey::decode(&parts.encode()), Some(parts));
+        let entry = user_entry("s", true, "u", -1, 0x0102_0304_0506);
+        assert_eq!(&entry[..6], &user_prefix("s", true, "u")[..]);
+        assert_eq!(&entry[6..14], &sortable(-1)[..]);
+        assert_eq!(&entry[14..], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(parse_user_entry(&entry), Some((-1, 0x0102_0304_0506)));
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

@@ -193,7 +193,7 @@ pub(crate) fn user_events(
             .prepare_cached(sql::EVENT_BY_ROWID)
             .map_err(sqlite_error)?;
         let (mut found, mut last_ts) = (0u32, i64::MAX);
-        for entry in index.newest_user_entries(ids::user_prefix(source, anonymous, key)) {
+        for entry in index.newest_user_entries(&ids::user_prefix(source, anonymous, key)) {
             let (ts, rowid) = entry?;
             if rowid > through {
                 continue; // committed after `through` was read: the scan above has it
